@@ -1,0 +1,174 @@
+"""RFC 6121 messages: send, receive, store once, tell every frontend.
+
+Incoming: ``<message/>`` → parsed into a plain dict → ``message_received``
+hooks (plugins add receipts, corrections, ...; a hook may stop it) → stored in
+history (duplicates are dropped there) → ``MessageNew`` signal.
+
+Outgoing: ``MessageSend`` → stanza built → ``message_send`` hooks → sent
+(queued if the stream is down, re-sent after reconnection) → stored →
+``MessageNew`` signal, so all views agree.
+
+Nothing a contact sends may crash the daemon: malformed stanzas are logged and
+dropped.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+import uuid
+
+from twisted.internet import defer
+from twisted.words.protocols.jabber import jid as jabber_jid
+from twisted.words.xish import domish
+
+from sat.core import errors
+
+log = logging.getLogger(__name__)
+
+MESSAGE_TYPES = ("chat", "groupchat", "normal", "headline")
+#: bodies longer than this are refused on send and truncated on receive
+MAX_BODY_LENGTH = 100_000
+
+
+def new_uid() -> str:
+    return uuid.uuid4().hex
+
+
+def _text_of(elt: domish.Element, name: str) -> str | None:
+    for child in elt.elements():
+        if child.name == name and child.uri in (elt.uri, None, "jabber:client"):
+            return str(child)
+    return None
+
+
+def parse_message(elt: domish.Element, own: jabber_jid.JID) -> dict:
+    """The storable dict of a received ``<message/>``; ValueError if unusable."""
+    sender = jabber_jid.JID(elt["from"]) if elt.hasAttribute("from") else own
+    recipient = jabber_jid.JID(elt["to"]) if elt.hasAttribute("to") else own
+    msg_type = elt.getAttribute("type", "normal")
+    if msg_type not in MESSAGE_TYPES:
+        msg_type = "normal"
+    body = _text_of(elt, "body")
+    if body is not None and len(body) > MAX_BODY_LENGTH:
+        log.warning("truncating a %d characters body from %s", len(body), sender.full())
+        body = body[:MAX_BODY_LENGTH]
+    now = time.time()
+    return {
+        "uid": new_uid(),
+        "timestamp": now,
+        "received_timestamp": now,
+        "source": sender.userhost(),
+        "source_resource": sender.resource or "",
+        "dest": recipient.userhost(),
+        "dest_resource": recipient.resource or "",
+        "type": msg_type,
+        "body": body,
+        "subject": _text_of(elt, "subject"),
+        "thread": _text_of(elt, "thread"),
+        "stanza_id": None,
+        "stanza_id_by": None,
+        "origin_id": None,
+        "outgoing": sender.userhost() == own.userhost(),
+        "extra": {},
+    }
+
+
+def signal_data(data: dict) -> dict:
+    """What frontends receive in ``MessageNew`` (an a{sv} record, None dropped)."""
+    out = {}
+    for key, value in data.items():
+        if value is None:
+            continue
+        if key == "extra":
+            value = {k: v for k, v in value.items() if v is not None}
+        out[key] = value
+    out["from"] = data["source"] + (
+        f"/{data['source_resource']}" if data["source_resource"] else ""
+    )
+    out["to"] = data["dest"] + (f"/{data['dest_resource']}" if data["dest_resource"] else "")
+    return out
+
+
+class MessageHandling:
+    def __init__(self, host):
+        self.host = host
+
+    def attach(self, client) -> None:
+        """Observe the profile's incoming messages (every stream of the session)."""
+        from twisted.words.protocols.jabber import xmlstream
+
+        def on_stream(xs):
+            xs.addObserver("/message", lambda elt: self._on_message(client, elt))
+
+        client.factory.addBootstrap(xmlstream.STREAM_CONNECTED_EVENT, on_stream)
+
+    def _on_message(self, client, elt: domish.Element) -> None:
+        d = defer.ensureDeferred(self.received(client, elt))
+        d.addErrback(lambda f: log.error("[%s] message dropped: %s", client.profile, f.value))
+
+    async def received(self, client, elt: domish.Element) -> None:
+        if elt.getAttribute("type") == "error":
+            log.info("[%s] error message from %s", client.profile, elt.getAttribute("from"))
+            return
+        try:
+            data = parse_message(elt, client.jid)
+        except (ValueError, jabber_jid.InvalidFormat) as e:
+            log.warning("[%s] malformed message dropped: %s", client.profile, e)
+            return
+        if not await self.host.hooks.run("message_received", client, elt, data):
+            return
+        if data["body"] is None and data["subject"] is None and not data["extra"].get("store"):
+            return
+        await self.store_and_signal(client, data)
+
+    async def store_and_signal(self, client, data: dict) -> None:
+        if not await self.host.storage.history_add(client.profile, data):
+            log.debug("[%s] duplicate message %s ignored", client.profile, data["uid"])
+            return
+        self.host.bridge.emit("MessageNew", client.profile, signal_data(data))
+
+    async def send(self, profile: str, to: str, body: str, extra: dict | None = None) -> str:
+        client = self.host.get_client(profile)
+        extra = dict(extra or {})
+        if not isinstance(body, str) or not body:
+            raise errors.InvalidArgument("message body is empty")
+        if len(body) > MAX_BODY_LENGTH:
+            raise errors.InvalidArgument(f"message body longer than {MAX_BODY_LENGTH} characters")
+        try:
+            recipient = jabber_jid.JID(to)
+        except jabber_jid.InvalidFormat:
+            raise errors.InvalidArgument(f"{to!r} is not a valid JID") from None
+        msg_type = extra.pop("type", "chat")
+        if msg_type not in MESSAGE_TYPES:
+            raise errors.InvalidArgument(f"invalid message type {msg_type!r}")
+        elt = domish.Element((None, "message"))
+        elt["to"] = recipient.full()
+        elt["type"] = msg_type
+        elt["id"] = new_uid()
+        elt.addElement("body", content=body)
+        now = time.time()
+        data = {
+            "uid": elt["id"],
+            "timestamp": now,
+            "received_timestamp": None,
+            "source": client.jid.userhost(),
+            "source_resource": client.jid.resource or "",
+            "dest": recipient.userhost(),
+            "dest_resource": recipient.resource or "",
+            "type": msg_type,
+            "body": body,
+            "subject": None,
+            "thread": None,
+            "stanza_id": None,
+            "stanza_id_by": None,
+            "origin_id": None,
+            "outgoing": True,
+            "extra": extra,
+        }
+        if not await self.host.hooks.run("message_send", client, elt, data):
+            raise errors.PermissionDenied("message cancelled by a plugin")
+        client.send(elt)
+        if msg_type != "groupchat":
+            await self.store_and_signal(client, data)
+        return data["uid"]
