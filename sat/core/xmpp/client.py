@@ -27,13 +27,12 @@ from twisted.python import failure
 from twisted.words.protocols.jabber import client as jabber_client
 from twisted.words.protocols.jabber import jid as jabber_jid
 from twisted.words.protocols.jabber import xmlstream
+from wokkel import subprotocols
 
-from sat.core import wokkel_compat  # noqa: F401  (before wokkel)
 from sat.core import errors
 from sat.core.xmpp import connection
 from sat.core.xmpp.sasl import SatSASLInitializer
 from sat.core.xmpp.stream_management import SMEnableInitializer, SMResumeInitializer, SMState
-from wokkel import subprotocols
 
 log = logging.getLogger(__name__)
 
