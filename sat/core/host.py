@@ -60,12 +60,7 @@ class SAT:
         return mode
 
     def _storage_path(self):
-        from pathlib import Path
-
-        path = self.config.get("storage", "path")
-        if path:
-            return Path(path)
-        return Path(self.config.get("core", "data_dir")) / "sat.db"
+        return self.config.get("storage", "path")
 
     # --- life cycle -------------------------------------------------------------
 

@@ -15,7 +15,9 @@ import logging
 import re
 
 from sat.core import errors
-from sat.memory.crypto import PersonalKey, SecretsFilter
+from twisted.internet import threads
+
+from sat.memory.crypto import PersonalKey, SecretsFilter, associated_data
 
 log = logging.getLogger(__name__)
 
@@ -42,7 +44,9 @@ class ProfileManager:
         check_profile_name(name)
         if await self.storage.profile_exists(name):
             raise errors.AlreadyExists(f"profile {name!r} already exists")
-        key, wrapped = PersonalKey.create(profile_password)
+        SecretsFilter.register(profile_password)
+        # scrypt costs tens of milliseconds: keep it off the reactor thread
+        key, wrapped = await threads.deferToThread(PersonalKey.create, profile_password)
         await self.storage.profile_create(name)
         try:
             await self.storage.secret_set(name, PERSONAL_KEY, wrapped)
@@ -98,15 +102,13 @@ class ProfileManager:
     async def unlock(self, name: str, profile_password: str = "") -> None:
         """Open the profile's personal key; PermissionDenied on a wrong password."""
         await self.ensure_exists(name)
-        if name in self._keys:
-            # still check the password: a frontend must not connect without it
-            wrapped = await self.storage.secret_get(name, PERSONAL_KEY)
-            PersonalKey.unwrap(wrapped, profile_password)
-            return
+        SecretsFilter.register(profile_password)
         wrapped = await self.storage.secret_get(name, PERSONAL_KEY)
         if wrapped is None:
             raise errors.StorageError(f"profile {name!r} has no personal key")
-        self._keys[name] = PersonalKey.unwrap(wrapped, profile_password)
+        # checked even when already unlocked: a frontend must not connect without it
+        key = await threads.deferToThread(PersonalKey.unwrap, wrapped, profile_password)
+        self._keys.setdefault(name, key)
 
     def lock(self, name: str) -> None:
         self._keys.pop(name, None)
@@ -114,8 +116,11 @@ class ProfileManager:
     async def change_profile_password(self, name: str, old: str, new: str) -> None:
         await self.ensure_exists(name)
         wrapped = await self.storage.secret_get(name, PERSONAL_KEY)
-        key = PersonalKey.unwrap(wrapped, old)
-        await self.storage.secret_set(name, PERSONAL_KEY, key.rewrap(new))
+        SecretsFilter.register(old)
+        SecretsFilter.register(new)
+        key = await threads.deferToThread(PersonalKey.unwrap, wrapped, old)
+        rewrapped = await threads.deferToThread(key.rewrap, new)
+        await self.storage.secret_set(name, PERSONAL_KEY, rewrapped)
         self._keys[name] = key
 
     def _key(self, name: str) -> PersonalKey:
@@ -129,7 +134,7 @@ class ProfileManager:
     async def set_secret(self, name: str, secret_name: str, value: str) -> None:
         await self.ensure_exists(name)
         SecretsFilter.register(value)
-        blob = self._key(name).encrypt(value.encode(), associated=f"{name}/{secret_name}".encode())
+        blob = self._key(name).encrypt(value.encode(), associated=associated_data(name, secret_name))
         await self.storage.secret_set(name, secret_name, blob)
 
     async def get_secret(self, name: str, secret_name: str) -> str:
@@ -137,6 +142,6 @@ class ProfileManager:
         blob = await self.storage.secret_get(name, secret_name)
         if blob is None:
             return ""
-        value = key.decrypt(blob, associated=f"{name}/{secret_name}".encode()).decode()
+        value = key.decrypt(blob, associated=associated_data(name, secret_name)).decode()
         SecretsFilter.register(value)
         return value

@@ -82,6 +82,14 @@ class TLSInitializer(xmlstream.TLSInitiatingInitializer):
         return super().onProceed(obj)
 
 
+class SASLInitializer(SatSASLInitializer):
+    """Records the mechanism used, for status reports and tests."""
+
+    def setMechanism(self):
+        super().setMechanism()
+        self.xmlstream.sasl_mechanism = getattr(self.mechanism, "name", None)
+
+
 class SatAuthenticator(xmlstream.ConnectAuthenticator):
     """Builds the initializer chain for each new stream of a client."""
 
@@ -110,7 +118,7 @@ class SatAuthenticator(xmlstream.ConnectAuthenticator):
                 )
             )
         inits += [
-            SatSASLInitializer(xs, required=True),
+            SASLInitializer(xs, required=True),
             SMResumeInitializer(xs, client.sm, settings.stream_management),
             BindInitializer(xs, required=True),
             SessionInitializer(xs, required=False),
@@ -161,6 +169,8 @@ class SatXMPPClient(subprotocols.StreamManager):
         #: last error that stopped a connection, for status reports
         self.last_error: errors.SatError | None = None
         self.reconnections = 0
+        self.sasl_mechanism: str | None = None
+        self.tls_active = False
 
     # --- public API ----------------------------------------------------------
 
@@ -274,6 +284,8 @@ class SatXMPPClient(subprotocols.StreamManager):
     def _authd(self, xs):
         resumed = bool(getattr(xs, "sm_resumed", False))
         self.jid = self.factory.authenticator.jid
+        self.sasl_mechanism = getattr(xs, "sasl_mechanism", None)
+        self.tls_active = bool(getattr(xs, "tls_active", False))
         self._cancel_init_timeout()
         # stanzas the server may not have received are sent first, then the queue
         pending = self.sm.take_unacked()
