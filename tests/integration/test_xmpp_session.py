@@ -148,9 +148,7 @@ async def test_unknown_host_is_host_not_found(prosody, make_account, clients):
 @pytest_twisted.ensureDeferred
 async def test_certificate_mismatch_is_refused(prosody, clients):
     # mismatch.test is served by the same Prosody, which only has a certificate for localhost
-    client = SatXMPPClient(
-        "m", "someone@mismatch.test/t", "irrelevant", settings_for(prosody)
-    )
+    client = SatXMPPClient("m", "someone@mismatch.test/t", "irrelevant", settings_for(prosody))
     clients.append(client)
     with pytest.raises(errors.CertificateError, match="mismatch.test"):
         await client.connect()
@@ -188,9 +186,7 @@ async def test_reconnect_after_server_restart_delivers_queued_message(fresh_pros
     inbox = Inbox(bob)
     # like a real session: available presence after each fresh (re)connection, so
     # messages kept offline by the server while bob was away get delivered
-    bob.on_ready.append(
-        lambda c, resumed: resumed or c.send(domish.Element((None, "presence")))
-    )
+    bob.on_ready.append(lambda c, resumed: resumed or c.send(domish.Element((None, "presence"))))
     await alice.connect()
     await bob.connect()
 
