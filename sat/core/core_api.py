@@ -260,6 +260,32 @@ def register(host) -> None:  # noqa: C901 - a flat list of declarations
         doc="Stored messages, paged by time or by uid",
     )
 
+    async def history_search(profile, query, filters, limit):
+        profile = await host.profiles.resolve(profile)
+        if limit <= 0 or limit > 1000:
+            raise errors.InvalidArgument("limit must be within 1..1000")
+        allowed = {"with_jid", "sender", "start", "end", "msg_type", "offset"}
+        unknown = set(filters) - allowed
+        if unknown:
+            raise errors.InvalidArgument(f"unknown search filters: {', '.join(sorted(unknown))}")
+        rows = await host.storage.history_search(profile, query, limit=limit, **filters)
+        from sat.core.messages import signal_data
+
+        return [signal_data(r) for r in rows]
+
+    method(
+        "HistorySearch",
+        history_search,
+        args=(
+            P,
+            ("query", "s", "words to find (accents and case ignored; word* for a prefix)"),
+            ("filters", "a{sv}", "with_jid, sender, start, end (timestamps), msg_type, offset"),
+            ("limit", "i", "maximum number of results (1..1000)"),
+        ),
+        out=("aa{sv}", "messages, best match first, each with a highlighted 'snippet'"),
+        doc="Full-text search over the whole history",
+    )
+
     # --- signals ------------------------------------------------------------------------
     signal("Ready", (("version", "s", "daemon version"),), "The daemon finished starting")
     signal(
