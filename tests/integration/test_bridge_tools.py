@@ -1,0 +1,203 @@
+"""The real daemon's bridge driven by the stock D-Bus tools (busctl, gdbus), as a person would.
+
+A private dbus-daemon, the daemon as a subprocess, the test Prosody: profiles are
+created and connected with ``gdbus call``, a message sent with ``gdbus call`` is seen
+as a ``MessageNew`` signal by ``gdbus monitor``, wrong calls get named errors, and
+the daemon survives a flood of malformed calls.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import random
+import subprocess
+import time
+
+import pytest
+from dbus_fast import Message, MessageType, Variant
+from dbus_fast.aio import MessageBus
+
+from tests.support.daemon import SatDaemon
+from tests.support.dbus import asyncio_test, dbus_bus  # noqa: F401  (fixture)
+
+DEST = "org.salutatoi.SAT"
+PATH = "/org/salutatoi/SAT/bridge"
+CORE = "org.salutatoi.SAT.core"
+
+
+@pytest.fixture
+def daemon(tmp_path, dbus_bus, prosody):  # noqa: F811
+    d = SatDaemon(tmp_path / "daemon", dbus_bus.address, prosody.ca_cert_path)
+    d.start()
+    yield d
+    if d.process is not None:
+        d.stop()
+
+
+def gdbus_call(address: str, method: str, *args: str, check: bool = True):
+    cmd = [
+        "gdbus",
+        "call",
+        "--address",
+        address,
+        "--dest",
+        DEST,
+        "--object-path",
+        PATH,
+        "--method",
+        f"{CORE}.{method}",
+        *args,
+    ]
+    result = subprocess.run(cmd, capture_output=True, text=True, timeout=60)
+    if check and result.returncode != 0:
+        raise AssertionError(f"{' '.join(cmd)} failed: {result.stderr}")
+    return result
+
+
+def test_busctl_lists_documented_members(daemon):
+    out = subprocess.run(
+        ["busctl", f"--address={daemon.bus_address}", "introspect", DEST, PATH],
+        capture_output=True,
+        text=True,
+        timeout=30,
+        check=True,
+    ).stdout
+    for member in (
+        "ProfileCreate",
+        "ProfileConnect",
+        "MessageSend",
+        "HistoryGet",
+        "MessageNew",
+        "DiscoInfoGet",
+    ):
+        assert member in out, out
+    xml = subprocess.run(
+        ["busctl", f"--address={daemon.bus_address}", "introspect", "--xml-interface", DEST, PATH],
+        capture_output=True,
+        text=True,
+        timeout=30,
+        check=True,
+    ).stdout
+    assert 'name="org.freedesktop.DBus.DocString"' in xml
+    assert "Send a message; it is queued while the profile is reconnecting" in xml
+    assert "recipient JID" in xml  # argument docs too
+
+
+def test_gdbus_profile_connect_message_and_monitor(daemon, prosody, make_account):
+    a, b = make_account("g-alice"), make_account("g-bob")
+    addr = daemon.bus_address
+    options = f"{{'host': <'127.0.0.1'>, 'port': <{prosody.c2s_port}>}}"
+    gdbus_call(addr, "ProfileCreate", "alice", a.jid, a.password, "", options)
+    gdbus_call(addr, "ProfileCreate", "bob", b.jid, b.password, "", options)
+    assert "true" in gdbus_call(addr, "ProfileConnect", "alice", "").stdout
+    assert "true" in gdbus_call(addr, "ProfileConnect", "bob", "").stdout
+
+    monitor = subprocess.Popen(
+        ["gdbus", "monitor", "--address", addr, "--dest", DEST],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+    )
+    try:
+        time.sleep(0.5)  # let the monitor subscribe
+        gdbus_call(addr, "MessageSend", "alice", b.jid, "seen by gdbus monitor", "{}")
+        deadline = time.monotonic() + 15
+        seen = []
+        import select
+
+        while time.monotonic() < deadline:
+            ready, _, _ = select.select([monitor.stdout], [], [], 0.2)
+            if ready:
+                line = monitor.stdout.readline()
+                seen.append(line)
+                if "MessageNew" in line and "'bob'" in line and "seen by gdbus monitor" in line:
+                    break
+        else:
+            raise AssertionError("MessageNew for bob not seen:\n" + "".join(seen))
+    finally:
+        monitor.terminate()
+        monitor.wait(5)
+    history = gdbus_call(addr, "HistoryGet", "bob", a.jid, "10", "{}").stdout
+    assert "seen by gdbus monitor" in history
+
+
+def test_wrong_calls_get_named_errors(daemon):
+    addr = daemon.bus_address
+    r = gdbus_call(addr, "ProfileConnect", "nobody", "", check=False)
+    assert r.returncode != 0 and "org.salutatoi.SAT.Error.NotFound" in r.stderr
+    r = gdbus_call(addr, "ProfileCreate", "bad name!", "x@localhost", "p", "", "{}", check=False)
+    assert "org.salutatoi.SAT.Error.InvalidArgument" in r.stderr
+    r = gdbus_call(addr, "HistoryGet", "nobody", "", "10", "{}", check=False)
+    assert "org.salutatoi.SAT.Error.NotFound" in r.stderr
+    r = gdbus_call(addr, "ProfileConnect", "only-one-arg", check=False)
+    assert "org.salutatoi.SAT.Error.InvalidArgument: ProfileConnect expects signature 'ss'" in (
+        r.stderr
+    )
+
+
+@asyncio_test(timeout=120)
+async def test_daemon_survives_a_thousand_bad_calls(daemon):
+    bus = await MessageBus(bus_address=daemon.bus_address).connect()
+    rng = random.Random(42)
+    methods = [
+        "ProfileConnect",
+        "MessageSend",
+        "HistoryGet",
+        "ParamSet",
+        "ProfileCreate",
+        "RosterGet",
+        "PresenceSet",
+        "NoSuchMethod",
+        "DiscoInfoGet",
+        "HistorySearch",
+    ]
+    junk = [
+        ("s", ["x"]),
+        ("i", [7]),
+        ("ss", ["a", "b"]),
+        ("", []),
+        ("as", [["a"]]),
+        ("a{sv}", [{"k": Variant("s", "v")}]),
+        ("sssss", ["a"] * 5),
+        ("sisi", ["a", 1, "b", 2]),
+        ("x", [-1]),
+        ("ssa{sv}", ["nobody", "x@y", {}]),
+        ("ssia{sv}", ["", "", -5, {}]),
+    ]
+    try:
+
+        async def one(i):
+            sig, body = rng.choice(junk)
+            reply = await bus.call(
+                Message(
+                    destination=DEST,
+                    path=PATH,
+                    interface=CORE,
+                    member=rng.choice(methods),
+                    signature=sig,
+                    body=body,
+                )
+            )
+            return reply
+
+        replies = []
+        for start in range(0, 1000, 100):
+            replies += await asyncio.gather(*(one(i) for i in range(start, start + 100)))
+        errors = [r for r in replies if r.message_type is MessageType.ERROR]
+        assert len(errors) == len(replies) == 1000
+        names = {r.error_name for r in errors}
+        assert names <= {
+            "org.salutatoi.SAT.Error.InvalidArgument",
+            "org.salutatoi.SAT.Error.NotFound",
+            "org.freedesktop.DBus.Error.UnknownMethod",
+            "org.freedesktop.DBus.Error.InvalidArgs",
+            "org.salutatoi.SAT.Error.NotConnected",
+        }, names
+        assert "org.salutatoi.SAT.Error.Internal" not in names
+        ready = await bus.call(
+            Message(destination=DEST, path=PATH, interface=CORE, member="IsReady")
+        )
+        assert ready.message_type is MessageType.METHOD_RETURN and ready.body == [True]
+    finally:
+        bus.disconnect()
+    assert daemon.process.poll() is None
