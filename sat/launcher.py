@@ -6,7 +6,8 @@
     sat stop      stop it (SIGTERM, then SIGKILL after --timeout seconds)
     sat status    tell whether it runs (exit 0), is dead with a pid file left (1), or not (3)
     sat restart   stop, then start
-    sat fg        run it in the foreground, logging to standard error (systemd's ExecStart)
+    sat fg        run it in the foreground (systemd's ExecStart); logs to standard error
+                  unless [core] log_file / --log-file names a file
 
 Common options: ``--config FILE``, ``--pid-file FILE``, ``--log-file FILE``,
 ``--data-dir DIR``, ``--bus session|system|ADDRESS``, ``--log-level LEVEL``.
@@ -253,17 +254,26 @@ def _warn(message: str) -> None:
     print(f"sat: {message}", file=sys.stderr, flush=True)
 
 
-def log_tail(path: str | os.PathLike, lines: int = 30) -> str:
-    """The last ``lines`` lines of a log file ("" if it can't be read)."""
+def log_tail(path: str | os.PathLike, lines: int = 40, start: int = 0) -> str:
+    """The last ``lines`` lines of a log file written after offset ``start`` ("" if unreadable).
+
+    The first error line (``SàT failed to start: ...``) is repeated at the end when the tail
+    does not show it, so the reason is the last thing a user reads.
+    """
     try:
         with open(path, "rb") as f:
             f.seek(0, os.SEEK_END)
             size = f.tell()
-            f.seek(max(0, size - 64 * 1024))
+            f.seek(max(start, size - 256 * 1024) if size >= start else 0)
             data = f.read()
     except OSError:
         return ""
-    return "\n".join(data.decode("utf-8", "replace").splitlines()[-lines:])
+    all_lines = data.decode("utf-8", "replace").splitlines()
+    tail = all_lines[-lines:]
+    errors = [line for line in all_lines if " ERROR " in line or " CRITICAL " in line]
+    if errors and errors[0] not in tail:
+        tail.append(f"[...] first error: {errors[0]}")
+    return "\n".join(tail)
 
 
 def _daemon_args(options: Mapping[str, object], log_file: Path, pid_file: Path) -> list[str]:
@@ -310,6 +320,7 @@ def cmd_start(options: dict, timeout: float = DEFAULT_START_TIMEOUT) -> int:
     Path(pid_file).parent.mkdir(parents=True, exist_ok=True, mode=0o700)
     start = time.monotonic()
     with open(log_file, "ab") as log_out:
+        log_start = log_out.tell()
         proc = subprocess.Popen(
             _daemon_args(options, log_file, pid_file),
             stdin=subprocess.DEVNULL,
@@ -329,13 +340,13 @@ def cmd_start(options: dict, timeout: float = DEFAULT_START_TIMEOUT) -> int:
         code = proc.poll()
         if code is not None:
             _warn(f"the daemon exited with code {code} before being ready; end of {log_file}:")
-            print(log_tail(log_file), file=sys.stderr, flush=True)
+            print(log_tail(log_file, start=log_start), file=sys.stderr, flush=True)
             return EXIT_FAILURE
         if time.monotonic() > deadline:
             _warn(f"the daemon (pid {proc.pid}) was not ready after {timeout:g} s; stopping it")
             stop_pid(proc.pid, DEFAULT_STOP_TIMEOUT, wait_child=proc)
             _warn(f"end of {log_file}:")
-            print(log_tail(log_file), file=sys.stderr, flush=True)
+            print(log_tail(log_file, start=log_start), file=sys.stderr, flush=True)
             return EXIT_FAILURE
         time.sleep(POLL_INTERVAL)
 
@@ -436,8 +447,8 @@ def build_parser() -> argparse.ArgumentParser:
     group.add_argument(
         "--log-file",
         metavar="FILE",
-        help="log file ([core] log_file; for start, default <data_dir>/sat.log; "
-        "fg logs to standard error unless given)",
+        help="log file ([core] log_file; when unset, fg logs to standard error and start "
+        "to <data_dir>/sat.log)",
     )
     group.add_argument("--data-dir", metavar="DIR", help="data directory ([core] data_dir)")
     group.add_argument(

@@ -249,6 +249,10 @@ class SatService(service.Service):
             # an expected failure (config, bus name taken...): its message says it all
             log.error("SàT failed to start: %s", error)
             log.debug("start failure details", exc_info=error)
+        elif isinstance(error, OSError):
+            # the environment (bus socket missing, permission denied...): no traceback needed
+            log.error("SàT failed to start: %s: %s", type(error).__name__, error)
+            log.debug("start failure details", exc_info=error)
         else:
             log.error("SàT failed to start: %s: %s", type(error).__name__, error, exc_info=error)
         summary = str(error).splitlines()[0] if str(error) else type(error).__name__
@@ -326,7 +330,7 @@ def make_service(
     ``options``: ``config``, ``pid_file``, ``log_file``, ``data_dir``, ``bus``,
     ``log_level`` (dashes or underscores; missing ones come from the config).
     Under twistd, records are handed to twistd's log; otherwise Twisted's log
-    is handed to stdlib logging, written to ``log_file`` or standard error.
+    is handed to stdlib logging, written to ``[core] log_file`` or standard error.
     """
     from sat.core import logging_setup
     from sat.launcher import load_config, normalize_options
@@ -334,11 +338,14 @@ def make_service(
     ensure_asyncio_reactor()
     options = normalize_options(options)
     config = load_config(options, env)
+    # twistd writes its --pidfile (often the same file) before starting us, but does not
+    # create its directory ($XDG_RUNTIME_DIR/sat/ by default)
+    Path(config.get("core", "pid_file")).parent.mkdir(parents=True, exist_ok=True, mode=0o700)
     if under_twistd:
         logging_setup.configure_from_config(config, to_twisted=True)
     else:
-        # foreground: standard error unless a log file was asked for on the command line
-        logging_setup.configure_from_config(config, log_file=options.get("log_file"))
+        # [core] log_file (--log-file overrides it), or standard error when it is empty
+        logging_setup.configure_from_config(config)
     return SatService(config, host_factory)
 
 
