@@ -80,6 +80,11 @@ def _parent_nodes(path: str) -> dict[str, str]:
     return {"/" + "/".join(parts[:i]): parts[i] for i in range(len(parts))}
 
 
+def _ignore_result(future) -> None:
+    if not future.cancelled():
+        future.exception()
+
+
 def _error_name(error: errors.SatError) -> str:
     name = getattr(error, "dbus_name", "") or "Internal"
     return ERROR_PREFIX + name
@@ -137,6 +142,14 @@ class DBusServer:
         except Exception:  # the bus may already be gone: nothing left to clean up
             pass
 
+    async def wait_for_disconnect(self) -> None:
+        """Return when the bus connection is lost (dbus-daemon gone) or :meth:`stop` ran."""
+        if self.bus is not None:
+            try:
+                await self.bus.wait_for_disconnect()
+            except Exception as e:
+                log.warning("bridge: D-Bus connection lost: %s", e)
+
     @property
     def unique_name(self) -> str | None:
         return self.bus.unique_name if self.bus else None
@@ -155,16 +168,24 @@ class DBusServer:
         bus = self.bus
         if bus is None or not bus.connected:
             return
-        bus.send(
-            Message(
-                message_type=MessageType.SIGNAL,
-                path=OBJECT_PATH,
-                interface=signal.interface_name,
-                member=signal.name,
-                signature=signal.signature,
-                body=wire_args,
+        self._consume(
+            bus.send(
+                Message(
+                    message_type=MessageType.SIGNAL,
+                    path=OBJECT_PATH,
+                    interface=signal.interface_name,
+                    member=signal.name,
+                    signature=signal.signature,
+                    body=wire_args,
+                )
             )
         )
+
+    @staticmethod
+    def _consume(future) -> None:
+        # bus.send returns a future failing only when the connection breaks: the loss is
+        # reported by wait_for_disconnect, no need for "exception never retrieved" noise
+        future.add_done_callback(_ignore_result)
 
     # ------------------------------------------------------------------ dispatch
 
@@ -194,6 +215,15 @@ class DBusServer:
             # Peer (Ping, GetMachineId) is answered by dbus-fast itself
             return None
         method = self.bridge._methods.get(msg.member)
+        if method is None and interface is None and not msg.signature:
+            # standard members called without their interface (allowed by the spec)
+            if msg.member == "Introspect":
+                xml = self.bridge.introspection_xml()
+                self._send(msg, Message.new_method_return(msg, "s", [xml]))
+                return True
+            if msg.member == "Ping":
+                self._send(msg, Message.new_method_return(msg))
+                return True
         if method is None or (interface is not None and method.interface_name != interface):
             return self._reply_error(
                 msg,
@@ -262,7 +292,7 @@ class DBusServer:
         if bus is None or not bus.connected:
             return
         try:
-            bus.send(reply)
+            self._consume(bus.send(reply))
         except Exception:
             if reply.message_type is MessageType.ERROR:
                 log.exception("could not send error reply to %s", msg.member)

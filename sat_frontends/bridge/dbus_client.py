@@ -26,6 +26,7 @@ Frontends must not import the backend: the little wire conversion below mirrors
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import inspect
 import logging
 import os
@@ -436,15 +437,11 @@ class DBusBridgeClient:
                 if reply.message_type is MessageType.METHOD_RETURN:
                     break
                 problem = f"{bus_name} is not on the bus (is the daemon running?)"
-            except (OSError, ValueError, EOFError) as e:
+            except Exception as e:  # no socket, refused, auth failure, connection lost
                 problem = f"cannot reach the D-Bus bus {bus_address or 'session'!r}: {e}"
                 if bus is not None:
-                    bus.disconnect()
-                bus = None
-            except Exception as e:  # dbus-fast auth/connection errors
-                problem = f"cannot reach the D-Bus bus {bus_address or 'session'!r}: {e}"
-                if bus is not None:
-                    bus.disconnect()
+                    with contextlib.suppress(Exception):
+                        bus.disconnect()
                 bus = None
             if time.monotonic() >= deadline:
                 if bus is not None:
@@ -454,8 +451,12 @@ class DBusBridgeClient:
             delay = min(delay * 2, 0.25)
         client = cls(bus, bus_name, timeout)
         client._owner = reply.body[0]
-        await client._watch_owner()
-        await client.refresh()
+        try:
+            await client._watch_owner()
+            await client.refresh()
+        except BaseException:
+            bus.disconnect()
+            raise
         return client
 
     async def close(self) -> None:
