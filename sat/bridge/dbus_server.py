@@ -31,7 +31,6 @@ Usage (from asyncio code; from Twisted code wrap it with
 from __future__ import annotations
 
 import logging
-import os
 from typing import Any
 
 from dbus_fast import BusType, Message, MessageType, NameFlag, RequestNameReply
@@ -303,9 +302,7 @@ class DBusServer:
 async def start(bridge: Bridge, bus: str = "session", bus_name: str = BUS_NAME) -> DBusServer:
     """Serve ``bridge`` on ``bus``: "session", "system" or a D-Bus address.
 
-    The environment variable ``SAT_BRIDGE_BUS`` may override "session" (useful to point the
-    daemon at a dedicated bus without changing its configuration).
+    The bus comes from the configuration (``[bridge] bus`` / ``bus_address``, which the
+    environment can override as ``SAT_BRIDGE_BUS`` / ``SAT_BRIDGE_BUS_ADDRESS``).
     """
-    if bus == "session":
-        bus = os.environ.get("SAT_BRIDGE_BUS") or bus
     return await DBusServer(bridge, bus, bus_name).start()

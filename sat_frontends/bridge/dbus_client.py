@@ -371,7 +371,10 @@ def parse_introspection(xml: str) -> tuple[dict[str, MethodInfo], dict[str, Sign
 
 def _bus_for(bus_address: str | None) -> MessageBus:
     if bus_address is None:
+        # the same variables that override the daemon's [bridge] bus / bus_address
         bus_address = os.environ.get("SAT_BRIDGE_BUS") or "session"
+        if bus_address == "address":
+            bus_address = os.environ.get("SAT_BRIDGE_BUS_ADDRESS") or "session"
     if bus_address == "session":
         return MessageBus(bus_type=BusType.SESSION)
     if bus_address == "system":

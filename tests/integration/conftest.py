@@ -141,3 +141,19 @@ def make_account(request: pytest.FixtureRequest) -> Callable[..., Account]:
         return server.register(user, password or f"{user}-pass")
 
     return factory
+
+
+@pytest.fixture
+def sat_daemon(tmp_path: Path, prosody: ProsodyServer):
+    """The real SàT daemon (a subprocess) on a private dbus-daemon, trusting the test CA."""
+    from tests.support.daemon import SatDaemon
+    from tests.support.dbus import DBusDaemon
+
+    with DBusDaemon(tmp_path / "dbus") as bus:
+        daemon = SatDaemon(tmp_path / "daemon", bus.address, prosody.ca_cert_path)
+        daemon.start()
+        try:
+            yield daemon
+        finally:
+            if daemon.process is not None:
+                daemon.stop()

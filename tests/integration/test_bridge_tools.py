@@ -17,8 +17,7 @@ import pytest
 from dbus_fast import Message, MessageType, Variant
 from dbus_fast.aio import MessageBus
 
-from tests.support.daemon import SatDaemon
-from tests.support.dbus import asyncio_test, dbus_bus  # noqa: F401  (fixture)
+from tests.support.dbus import asyncio_test
 
 DEST = "org.salutatoi.SAT"
 PATH = "/org/salutatoi/SAT/bridge"
@@ -26,12 +25,8 @@ CORE = "org.salutatoi.SAT.core"
 
 
 @pytest.fixture
-def daemon(tmp_path, dbus_bus, prosody):  # noqa: F811
-    d = SatDaemon(tmp_path / "daemon", dbus_bus.address, prosody.ca_cert_path)
-    d.start()
-    yield d
-    if d.process is not None:
-        d.stop()
+def daemon(sat_daemon):
+    return sat_daemon
 
 
 def gdbus_call(address: str, method: str, *args: str, check: bool = True):

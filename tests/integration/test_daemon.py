@@ -15,17 +15,12 @@ import pytest
 
 from sat_frontends.bridge import errors as bridge_errors
 from sat_frontends.bridge.dbus_client import DBusBridgeClient
-from tests.support.daemon import SatDaemon
-from tests.support.dbus import asyncio_test, dbus_bus  # noqa: F401  (fixture)
+from tests.support.dbus import asyncio_test
 
 
 @pytest.fixture
-def daemon(tmp_path, dbus_bus, prosody):  # noqa: F811
-    d = SatDaemon(tmp_path / "daemon", dbus_bus.address, prosody.ca_cert_path)
-    d.start()
-    yield d
-    if d.process is not None:
-        d.stop()
+def daemon(sat_daemon):
+    return sat_daemon
 
 
 def connection_options(server, **extra):

@@ -187,7 +187,8 @@ class DBusDaemon:
         return {
             **os.environ,
             "DBUS_SESSION_BUS_ADDRESS": self.address,
-            "SAT_BRIDGE_BUS": self.address,
+            "SAT_BRIDGE_BUS": "address",
+            "SAT_BRIDGE_BUS_ADDRESS": self.address,
         }
 
     def __enter__(self) -> DBusDaemon:
