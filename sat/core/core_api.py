@@ -176,15 +176,14 @@ def register(host) -> None:  # noqa: C901 - a flat list of declarations
 
     # --- roster and presence --------------------------------------------------------
     async def roster_get(profile):
-        client = host.get_client(await host.profiles.resolve(profile))
-        return list(client.roster.values())
+        return await host.presence.roster_get(await host.profiles.resolve(profile))
 
     method(
         "RosterGet",
         roster_get,
         args=(P,),
-        out=("aa{sv}", "jid, name, groups, subscription"),
-        doc="The profile's contact list",
+        out=("aa{sv}", "jid, name, groups, subscription, ask, approved"),
+        doc="The profile's contact list (the stored copy while the profile is not connected)",
     )
 
     async def presence_set(profile, show, statuses, priority):
@@ -211,7 +210,7 @@ def register(host) -> None:  # noqa: C901 - a flat list of declarations
         "PresenceStatusesGet",
         presence_statuses,
         args=(P,),
-        out=("aa{sv}", "entity, show, priority, statuses"),
+        out=("aa{sv}", "entity (full JID), jid, resource, show, priority, statuses, timestamp"),
         doc="Last known presence of every available contact resource",
     )
 
@@ -286,6 +285,28 @@ def register(host) -> None:  # noqa: C901 - a flat list of declarations
         doc="Full-text search over the whole history",
     )
 
+    # --- questions to the user -------------------------------------------------------
+    async def action_answer(profile, action_id, answer):
+        host.actions.answer(await host.profiles.resolve(profile), action_id, answer)
+
+    method(
+        "ActionAnswer",
+        action_answer,
+        args=(P, ("id", "s", "action id from ActionNew"), ("answer", "s", "the user's answer")),
+        doc="Answer a question the daemon asked with ActionNew (first answer wins)",
+    )
+
+    async def actions_pending(profile):
+        return host.actions.pending(await host.profiles.resolve(profile))
+
+    method(
+        "ActionsPendingGet",
+        actions_pending,
+        args=(P,),
+        out=("aa{sv}", "id, data, default, remaining seconds"),
+        doc="Questions still waiting for an answer (for frontends started later)",
+    )
+
     # --- signals ------------------------------------------------------------------------
     signal("Ready", (("version", "s", "daemon version"),), "The daemon finished starting")
     signal(
@@ -311,13 +332,32 @@ def register(host) -> None:  # noqa: C901 - a flat list of declarations
     )
     signal(
         "SubscriptionEvent",
-        (P, ("entity", "s", "JID"), ("type", "s", "subscribe, ...")),
-        "A presence subscription request or answer arrived",
+        (
+            P,
+            ("entity", "s", "bare JID of the contact"),
+            ("type", "s", "subscribe (a request), subscribed, unsubscribe or unsubscribed"),
+            ("extra", "a{sv}", "status and nick when given; auto_accepted (b) when answered"),
+        ),
+        "A presence subscription request or answer arrived (requests wait for SubscriptionSend)",
     )
     signal(
         "MessageNew",
         (P, ("message", "a{sv}", "uid, from, to, type, body, timestamp, extra")),
         "A message was received or sent (every frontend sees both)",
+    )
+    signal(
+        "MessageUpdate",
+        (
+            P,
+            ("uid", "s", "uid of the stored message that changed"),
+            (
+                "type",
+                "s",
+                "what changed: receipt, marker, correction, retraction, reaction...",
+            ),
+            ("data", "a{sv}", "the new values (keys merged into the message's extra)"),
+        ),
+        "A stored message changed (delivered, displayed, corrected, retracted, reacted to)",
     )
     signal(
         "ContactNew",
@@ -360,4 +400,9 @@ def register(host) -> None:  # noqa: C901 - a flat list of declarations
             ("default", "s", "answer used when nobody answers"),
         ),
         "The daemon asks the user something; a frontend that never answers never blocks it",
+    )
+    signal(
+        "ActionExpired",
+        (P, ("id", "s", "action id"), ("default", "s", "the answer that was taken")),
+        "Nobody answered a question in time: its default answer was used",
     )

@@ -47,7 +47,9 @@ class SAT:
         self.started_at: float | None = None
         self.ready = False
         self._bridge_server = None
-        from sat.core import core_api, messages, presence
+        from sat.core import actions, core_api, messages, presence
+
+        self.actions = actions.Actions(self)
 
         self.messages = messages.MessageHandling(self)
         self.presence = presence.PresenceHandling(self)
