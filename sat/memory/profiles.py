@@ -14,9 +14,9 @@ from __future__ import annotations
 import logging
 import re
 
-from sat.core import errors
 from twisted.internet import threads
 
+from sat.core import errors
 from sat.memory.crypto import PersonalKey, SecretsFilter, associated_data
 
 log = logging.getLogger(__name__)

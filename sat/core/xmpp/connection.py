@@ -130,7 +130,5 @@ def map_failure(reason, domain: str, settings: ConnectionSettings) -> errors.Sat
             return errors.HostNotFound(f"{host} does not serve the XMPP domain {domain!r}")
         return errors.ConnectionFailed(f"server closed the stream: {cond} {value.text or ''}")
     if isinstance(value, error.ConnectionDone | error.ConnectionLost):
-        return errors.ConnectionFailed(
-            f"connection to {host} port {port} closed ({value})"
-        )
+        return errors.ConnectionFailed(f"connection to {host} port {port} closed ({value})")
     return errors.ConnectionFailed(f"connection to {host} port {port} failed: {value}")
