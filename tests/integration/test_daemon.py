@@ -72,6 +72,11 @@ async def test_two_profiles_talk_through_the_daemon(daemon, prosody, make_accoun
         assert await bridge.param_get("connection", "jid", "alice") == a.jid
     finally:
         await bridge.close()
+    # debug logging is on in tests: still, no password may reach the log
+    log_text = daemon.log_path.read_text()
+    assert "SCRAM" in log_text or "connected as" in log_text  # the log is really written
+    for secret in (a.password, b.password):
+        assert secret not in log_text
 
 
 @asyncio_test

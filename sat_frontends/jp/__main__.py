@@ -1,0 +1,5 @@
+import sys
+
+from sat_frontends.jp.main import main
+
+sys.exit(main())

@@ -1,0 +1,3 @@
+from sat_frontends.jp.completion import write_files
+
+write_files()
