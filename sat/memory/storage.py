@@ -864,6 +864,64 @@ class Storage:
 
         return await self._call_write(run)
 
+    async def history_add_batch(
+        self, profile: str, messages: Iterable[dict]
+    ) -> list[tuple[str | None, bool]]:
+        """Like :meth:`history_add_many` (one transaction), telling what became of each message.
+
+        Returns, in order, one ``(uid, new)`` per message: ``(its uid, True)`` if it was
+        stored, else ``(uid of the stored message it duplicates, False)`` (same uid,
+        (stanza_id, stanza_id_by) or (source, origin_id)), the uid being None when it
+        duplicates another message of the same batch. Used by MAM: callers learn which
+        archived messages were new and the uids of those already known.
+        """
+        profile = _check_name(profile, "profile")
+        rows = [_message_row(message) for message in messages]
+        if not rows:
+            return []
+        uid_at = HISTORY_FIELDS.index("uid")
+        sid_at = HISTORY_FIELDS.index("stanza_id")
+        by_at = HISTORY_FIELDS.index("stanza_id_by")
+        oid_at = HISTORY_FIELDS.index("origin_id")
+        src_at = HISTORY_FIELDS.index("source")
+
+        def existing(pid: int, row: tuple, batch_uids: set) -> str | None:
+            conn = self._conn
+            found = None
+            if row[sid_at] is not None:
+                found = conn.execute(
+                    "SELECT uid FROM history WHERE profile_id = ? AND stanza_id = ? "
+                    "AND stanza_id_by = ?",
+                    (pid, row[sid_at], row[by_at]),
+                ).fetchone()
+            if found is None and row[oid_at] is not None:
+                found = conn.execute(
+                    "SELECT uid FROM history WHERE profile_id = ? AND source = ? AND origin_id = ?",
+                    (pid, row[src_at], row[oid_at]),
+                ).fetchone()
+            if found is None:
+                found = conn.execute(
+                    "SELECT uid FROM history WHERE profile_id = ? AND uid = ?", (pid, row[uid_at])
+                ).fetchone()
+            if found is None or found[0] in batch_uids:
+                return None
+            return found[0]
+
+        def run():
+            pid = self._profile_id(profile)
+            execute = self._conn.execute
+            result: list[tuple[str | None, bool]] = []
+            batch_uids: set = set()
+            for row in rows:
+                if execute(_HISTORY_INSERT, (pid, *row)).rowcount > 0:
+                    batch_uids.add(row[uid_at])
+                    result.append((row[uid_at], True))
+                else:
+                    result.append((existing(pid, row, batch_uids), False))
+            return result
+
+        return await self._call_write(run)
+
     def _uid_position(self, pid: int, uid: str) -> tuple[float, int]:
         row = self._conn.execute(
             "SELECT timestamp, id FROM history WHERE profile_id = ? AND uid = ?", (pid, uid)
@@ -1151,6 +1209,303 @@ class Storage:
             return extra
 
         return await self._call_write(run)
+
+    async def history_find(
+        self,
+        profile: str,
+        *,
+        uid: str | None = None,
+        source: str | None = None,
+        origin_id: str | None = None,
+        stanza_id: str | None = None,
+        stanza_id_by: str | None = None,
+    ) -> dict | None:
+        """One stored message found by a key that identifies it, or None.
+
+        Exactly one key: ``uid``, or ``origin_id`` with ``source`` (the sender's bare JID:
+        origin-ids are only unique per sender), or ``stanza_id`` with ``stanza_id_by`` (the
+        archive's JID). Each lookup uses an index (XEP-0184/0333/0308... find the message an
+        incoming stanza refers to).
+        """
+        profile = _check_name(profile, "profile")
+        if uid is not None:
+            if any(v is not None for v in (source, origin_id, stanza_id, stanza_id_by)):
+                raise InvalidArgument("history_find: give uid alone")
+            cond, args = "uid = ?", (_check_name(uid, "uid"),)
+        elif origin_id is not None:
+            if source is None or stanza_id is not None or stanza_id_by is not None:
+                raise InvalidArgument("history_find: origin_id needs source (and nothing else)")
+            bare = _split_jid(source, "source")[0]
+            cond, args = "source = ? AND origin_id = ?", (bare, _check_name(origin_id, "origin_id"))
+        elif stanza_id is not None:
+            if stanza_id_by is None or source is not None:
+                raise InvalidArgument("history_find: stanza_id needs stanza_id_by")
+            cond = "stanza_id = ? AND stanza_id_by = ?"
+            args = (_check_name(stanza_id, "stanza_id"), _check_name(stanza_id_by, "stanza_id_by"))
+        else:
+            raise InvalidArgument("history_find needs uid, origin_id or stanza_id")
+
+        def run():
+            return self._conn.execute(
+                f"SELECT {', '.join(HISTORY_FIELDS)} FROM history "
+                f"WHERE profile_id = ? AND {cond} LIMIT 1",
+                (self._profile_id(profile), *args),
+            ).fetchone()
+
+        row = await self._call(run)
+        return None if row is None else _message_dict(row)
+
+    async def history_mark_before(
+        self,
+        profile: str,
+        uid: str,
+        key: str,
+        value: str,
+        levels: Iterable[str],
+        *,
+        with_jid: str,
+        outgoing: bool,
+        limit: int = 500,
+    ) -> list[str]:
+        """Set ``extra[key] = value`` on message ``uid`` and on the earlier ones it covers.
+
+        For markers that mean "everything up to here" (XEP-0333): the messages of the
+        conversation with ``with_jid`` going the same way (``outgoing``: sent to it, else
+        received from it), at or before ``uid``, newest first, are updated until one already
+        has a value at least as high in ``levels`` (an ordered list, lowest first): markers
+        only move forward, so everything older is marked already. At most ``limit`` rows are
+        updated. Returns the updated uids, oldest first; empty if ``uid`` itself is already
+        marked at least as high. NotFound if ``uid`` is unknown.
+        """
+        profile = _check_name(profile, "profile")
+        uid = _check_name(uid, "uid")
+        key = _check_name(key, "key")
+        levels = [_check_name(level, "level") for level in levels]
+        if value not in levels:
+            raise InvalidArgument(f"{value!r} is not one of the levels {levels!r}")
+        rank = levels.index(value)
+        with_jid = _split_jid(with_jid, "with_jid")[0]
+        limit = _check_limit(limit, "limit")
+        side = "dest" if outgoing else "source"
+
+        def run():
+            pid = self._profile_id(profile)
+            ts, row_id = self._uid_position(pid, uid)
+            target = self._conn.execute(
+                f"SELECT {side}, outgoing FROM history WHERE id = ?", (row_id,)
+            ).fetchone()
+            if target[0] != with_jid or bool(target[1]) != bool(outgoing):
+                raise InvalidArgument(
+                    f"message {uid!r} is not {'to' if outgoing else 'from'} {with_jid}"
+                )
+            rows = self._conn.execute(
+                f"SELECT id, uid, extra FROM history WHERE profile_id = ? AND {side} = ? "
+                "AND outgoing = ? AND timestamp <= ? AND (timestamp < ? OR id <= ?) "
+                "ORDER BY timestamp DESC, id DESC LIMIT ?",
+                (pid, with_jid, 1 if outgoing else 0, ts, ts, row_id, limit),
+            ).fetchall()
+            updated = []
+            for rid, ruid, text in rows:
+                extra = json.loads(text) if text else {}
+                current = extra.get(key)
+                if current in levels and levels.index(current) >= rank:
+                    break
+                extra[key] = value
+                self._conn.execute(
+                    "UPDATE history SET extra = ? WHERE id = ?", (_to_json(extra, "extra"), rid)
+                )
+                updated.append(ruid)
+            updated.reverse()
+            return updated
+
+        return await self._call_write(run)
+
+    # -- message editing (XEP-0308 corrections, XEP-0424/0425 retractions, XEP-0444...)
+
+    async def history_update_body(
+        self, profile: str, uid: str, body: str | None, extra_updates: dict | None = None
+    ) -> dict:
+        """Replace a message's body and merge ``extra_updates`` into its ``extra``, atomically.
+
+        ``body`` None clears it (a retraction tombstone). The full-text index follows (the
+        ``history_fts_update`` trigger removes the old body's terms and indexes the new
+        one in the same transaction). A key of ``extra_updates`` whose value is None is
+        removed. Returns the updated message; NotFound if ``uid`` is unknown.
+        """
+        profile = _check_name(profile, "profile")
+        uid = _check_name(uid, "uid")
+        if body is not None and not isinstance(body, str):
+            raise InvalidArgument(f"body must be a string or None, not {body!r}")
+        extra_updates = dict(extra_updates or {})
+        _to_json(extra_updates, "extra_updates")
+        columns = ", ".join(HISTORY_FIELDS)
+
+        def run():
+            pid = self._profile_id(profile)
+            row = self._conn.execute(
+                "SELECT id, extra FROM history WHERE profile_id = ? AND uid = ?", (pid, uid)
+            ).fetchone()
+            if row is None:
+                raise NotFound(f"no message with uid {uid!r} in profile {profile!r}")
+            extra = json.loads(row[1]) if row[1] else {}
+            for key, value in extra_updates.items():
+                if value is None:
+                    extra.pop(key, None)
+                else:
+                    extra[key] = value
+            text = _to_json(extra, "extra") if extra else None
+            self._conn.execute(
+                "UPDATE history SET body = ?, extra = ? WHERE id = ?", (body, text, row[0])
+            )
+            return self._conn.execute(
+                f"SELECT {columns} FROM history WHERE id = ?", (row[0],)
+            ).fetchone()
+
+        return _message_dict(await self._call_write(run))
+
+    async def history_last_from(
+        self,
+        profile: str,
+        source: str,
+        *,
+        source_resource: str | None = None,
+        dest: str | None = None,
+        groupchat: bool = False,
+    ) -> dict | None:
+        """The newest message sent by ``source`` (a bare JID), or None.
+
+        ``groupchat`` True: among the group chat messages of the room ``source``, from the
+        occupant ``source_resource``; else among the other types (chat, normal,
+        headline), sent to ``dest`` (a bare JID) when given, and from ``source_resource``
+        when given (a room occupant's private messages). XEP-0308 corrections may only
+        replace this message.
+        """
+        profile = _check_name(profile, "profile")
+        source = _split_jid(source, "source")[0]
+        conds = ["source = ?"]
+        args: list[Any] = [source]
+        if groupchat:
+            conds.append("type = 'groupchat'")
+        else:
+            conds.append("type <> 'groupchat'")
+            if dest is not None:
+                conds.append("dest = ?")
+                args.append(_split_jid(dest, "dest")[0])
+        if source_resource is not None:
+            conds.append("source_resource = ?")
+            args.append(source_resource)
+        columns = ", ".join(HISTORY_FIELDS)
+
+        def run():
+            return self._conn.execute(
+                f"SELECT {columns} FROM history WHERE profile_id = ? AND {' AND '.join(conds)} "
+                "ORDER BY timestamp DESC, id DESC LIMIT 1",
+                (self._profile_id(profile), *args),
+            ).fetchone()
+
+        row = await self._call(run)
+        return None if row is None else _message_dict(row)
+
+    async def history_find_ref(
+        self,
+        profile: str,
+        ref_id: str,
+        with_jid: str,
+        *,
+        own_jid: str | None = None,
+        groupchat: bool = False,
+        stanza_id_by: str | None = None,
+        source: str | None = None,
+        source_resource: str | None = None,
+        scan_limit: int = 2000,
+    ) -> dict | None:
+        """The message of the conversation with ``with_jid`` that another message refers to.
+
+        Corrections, retractions, reactions and replies name the message they apply to by
+        an id whose meaning depends on the context; this tries, in order, and returns the
+        first (newest) match, or None:
+
+        1. ``stanza_id`` = ``ref_id`` given by ``stanza_id_by`` (a room's XEP-0359 id),
+           when ``stanza_id_by`` is set;
+        2. ``origin_id`` = ``ref_id`` (XEP-0359 origin-id) of a message from ``with_jid``
+           or from ``own_jid``;
+        3. ``uid`` = ``ref_id`` (our own sent messages: their ``id`` attribute is their uid);
+        4. ``extra["message_id"]`` = ``ref_id`` (the ``id`` attribute of a received
+           message), among the ``scan_limit`` newest messages of each side.
+
+        Only messages of that conversation count: ``groupchat`` True means the group chat
+        messages of the room ``with_jid``; else the other types exchanged between
+        ``with_jid`` and ``own_jid`` (or anyone when ``own_jid`` is None). ``source``
+        (a bare JID) and ``source_resource`` keep the messages of one sender (ids are
+        chosen by senders: two senders may use the same).
+        """
+        profile = _check_name(profile, "profile")
+        ref_id = _check_name(ref_id, "ref_id")
+        with_jid = _split_jid(with_jid, "with_jid")[0]
+        own = None if own_jid is None else _split_jid(own_jid, "own_jid")[0]
+        by = None if stanza_id_by is None else _split_jid(stanza_id_by, "stanza_id_by")[0]
+        scan_limit = _check_limit(scan_limit, "scan_limit")
+        columns = ", ".join(HISTORY_FIELDS)
+        if groupchat:
+            sides = [("source = ?", (with_jid,))]
+            type_cond = "type = 'groupchat'"
+        else:
+            type_cond = "type <> 'groupchat'"
+            if own is None:
+                sides = [("source = ?", (with_jid,)), ("dest = ? AND source <> ?", (with_jid,) * 2)]
+            else:
+                sides = [("source = ? AND dest = ?", (with_jid, own))]
+                if own != with_jid:
+                    sides.append(("source = ? AND dest = ?", (own, with_jid)))
+        if source is not None:
+            source = _split_jid(source, "source")[0]
+            type_cond += " AND source = ?"
+            type_args: tuple = (source,)
+            if source_resource is not None:
+                type_cond += " AND source_resource = ?"
+                type_args += (source_resource,)
+        else:
+            type_args = ()
+
+        def first(pid: int, key_cond: str, key_args: tuple) -> tuple | None:
+            best = None
+            for side_cond, side_args in sides:
+                row = self._conn.execute(
+                    f"SELECT {columns}, id FROM history WHERE profile_id = ? AND {key_cond} "
+                    f"AND {side_cond} AND {type_cond} ORDER BY timestamp DESC, id DESC LIMIT 1",
+                    (pid, *key_args, *side_args, *type_args),
+                ).fetchone()
+                if row is not None and (best is None or (row[4], row[-1]) > (best[4], best[-1])):
+                    best = row
+            return best
+
+        def run():
+            pid = self._profile_id(profile)
+            if by is not None:
+                row = first(pid, "stanza_id = ? AND stanza_id_by = ?", (ref_id, by))
+                if row is not None:
+                    return row
+            for key_cond in ("origin_id = ?", "uid = ?"):
+                row = first(pid, key_cond, (ref_id,))
+                if row is not None:
+                    return row
+            if scan_limit == 0:
+                return None
+            best = None
+            for side_cond, side_args in sides:
+                row = self._conn.execute(
+                    f"SELECT {columns}, id FROM (SELECT * FROM history WHERE profile_id = ? "
+                    f"AND {side_cond} AND {type_cond} ORDER BY timestamp DESC, id DESC LIMIT ?) "
+                    "WHERE extra IS NOT NULL AND json_extract(extra, '$.message_id') = ? "
+                    "ORDER BY timestamp DESC, id DESC LIMIT 1",
+                    (pid, *side_args, *type_args, scan_limit, ref_id),
+                ).fetchone()
+                if row is not None and (best is None or (row[4], row[-1]) > (best[4], best[-1])):
+                    best = row
+            return best
+
+        row = await self._call(run)
+        return None if row is None else _message_dict(row)
 
     async def history_delete(self, profile: str, uid: str) -> None:
         """Delete one message (and its index entry). NotFound if it is unknown."""
