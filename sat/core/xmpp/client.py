@@ -207,17 +207,17 @@ class SatXMPPClient(subprotocols.StreamManager):
         self._packetQueue = []
         xs = self.xmlstream
         if xs is not None and xs.transport is not None:
+            # observe this very stream: factory bootstraps only reach streams built later
             lost = defer.Deferred()
-            self.factory.addBootstrap(xmlstream.STREAM_END_EVENT, lost.callback)
-            try:
-                xs.sendFooter()
-                xs.transport.loseConnection()
-                timeout = self._reactor.callLater(3, lambda: lost.called or lost.callback(None))
-                await lost
-                if timeout.active():
-                    timeout.cancel()
-            finally:
-                self.factory.removeBootstrap(xmlstream.STREAM_END_EVENT, lost.callback)
+            xs.addOnetimeObserver(
+                xmlstream.STREAM_END_EVENT, lambda _: lost.called or lost.callback(None)
+            )
+            xs.sendFooter()
+            xs.transport.loseConnection()
+            timeout = self._reactor.callLater(3, lambda: lost.called or lost.callback(None))
+            await lost
+            if timeout.active():
+                timeout.cancel()
 
     def transport_dead(self, reason: str) -> None:
         """Called when the link is known dead (e.g. unanswered keepalive): drop it now."""
