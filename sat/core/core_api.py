@@ -225,7 +225,12 @@ def register(host) -> None:  # noqa: C901 - a flat list of declarations
             P,
             ("to", "s", "recipient JID"),
             ("body", "s", "message text"),
-            ("extra", "a{sv}", "options: type (chat, normal, groupchat)"),
+            (
+                "extra",
+                "a{sv}",
+                "options: type (chat, normal, groupchat); reply_to (uid of the message "
+                "answered, XEP-0461; reply_fallback false: no quote for older clients)",
+            ),
         ),
         out=("s", "uid of the stored message"),
         doc="Send a message; it is queued while the profile is reconnecting",
