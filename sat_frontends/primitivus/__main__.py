@@ -1,0 +1,5 @@
+import sys
+
+from sat_frontends.primitivus.main import main
+
+sys.exit(main())

@@ -1,0 +1,563 @@
+"""The models shared by the frontends (sat_frontends.quick_frontend), on a fake bridge."""
+
+from __future__ import annotations
+
+import itertools
+import time
+
+import pytest
+
+from sat_frontends.quick_frontend import nick_colours, styling
+from sat_frontends.quick_frontend.chat import (
+    CHAT,
+    GROUP,
+    PRIVATE,
+    Conversation,
+    conversation_key,
+)
+from sat_frontends.quick_frontend.commands import Commands, Context
+from sat_frontends.quick_frontend.completion import Completer
+from sat_frontends.quick_frontend.contact_list import ContactList
+from sat_frontends.quick_frontend.features import Features, MissingFeature
+from sat_frontends.quick_frontend.host import QuickApp
+from sat_frontends.quick_frontend.input_history import InputHistory
+from sat_frontends.quick_frontend.notifications import Notifications
+from sat_frontends.quick_frontend.progress import ProgressTracker
+from sat_frontends.quick_frontend.testing import FakeBridge, message_record
+from tests.support.dbus import asyncio_test
+
+ALICE = "alice@example.org"
+BOB = "bob@example.org"
+ROOM = "room@conference.example.org"
+
+# --------------------------------------------------------------------------- XEP-0392
+
+# XEP-0392 test vectors: text, angle, (r, g, b) without / with red-green / with blue correction
+VECTORS = [
+    ("Romeo", 327.255249, (0.865, 0.000, 0.686), (0.865, 0.000, 0.686), (0.000, 0.535, 0.350)),
+    (
+        "juliet@capulet.lit",
+        209.410400,
+        (0.000, 0.515, 0.573),
+        (0.742, 0.359, 0.000),
+        (0.742, 0.359, 0.000),
+    ),
+    ("😺", 331.199341, (0.872, 0.000, 0.659), (0.872, 0.000, 0.659), (0.000, 0.533, 0.373)),
+    ("council", 359.994507, (0.918, 0.000, 0.394), (0.918, 0.000, 0.394), (0.000, 0.524, 0.485)),
+    ("Board", 171.430664, (0.000, 0.527, 0.457), (0.904, 0.000, 0.494), (0.000, 0.527, 0.457)),
+]
+
+# the XEP's 216 "web safe" palette mapping vectors: text -> (best hue, rgb) per correction
+PALETTE_VECTORS = {
+    "Romeo": ((327, (1.0, 0.0, 0.8)), (327, (1.0, 0.0, 0.8)), (147, (0.4, 0.8, 0.6))),
+    "juliet@capulet.lit": ((226, (0.0, 0.8, 1.0)), (30, (1.0, 0.6, 0.4)), (30, (1.0, 0.6, 0.4))),
+    "😺": ((331, (1.0, 0.4, 0.8)), (331, (1.0, 0.4, 0.8)), (153, (0.2, 0.8, 0.6))),
+    "council": ((359, (0.8, 0.2, 0.4)), (359, (0.8, 0.2, 0.4)), (192, (0.0, 0.8, 0.8))),
+    "Board": ((161, (0.0, 1.0, 0.8)), (353, (0.4, 0.0, 0.2)), (161, (0.0, 1.0, 0.8))),
+}
+
+
+@pytest.mark.parametrize("text,angle,rgb,rgb_rg,rgb_b", VECTORS)
+def test_xep0392_vectors(text, angle, rgb, rgb_rg, rgb_b):
+    assert nick_colours.angle(text) == pytest.approx(angle, abs=1e-6)
+    for cvd, expected in (("none", rgb), ("redgreen", rgb_rg), ("blue", rgb_b)):
+        assert [round(c, 3) for c in nick_colours.rgb(text, cvd)] == list(expected), cvd
+
+
+def test_xep0392_palette_mapping_vectors():
+    steps = (0.0, 0.2, 0.4, 0.6, 0.8, 1.0)
+    palette = nick_colours.hue_palette({c: c for c in itertools.product(steps, steps, steps)})
+    hue_of = {colour: hue for hue, colour in palette.items()}
+    for text, expected in PALETTE_VECTORS.items():
+        for cvd, (best_hue, colour) in zip(("none", "redgreen", "blue"), expected, strict=True):
+            got = nick_colours.palette_index(
+                nick_colours.corrected(nick_colours.angle(text), cvd), palette
+            )
+            assert got == colour, (text, cvd)
+            assert hue_of[got] == best_hue
+
+
+def test_xterm_colours_are_stable_cube_colours():
+    index = nick_colours.xterm_index("Romeo")
+    assert 16 <= index <= 231
+    assert nick_colours.xterm_index("Romeo") == index
+    r, g, b = nick_colours.xterm_cube_rgb(index)
+    assert not (r == g == b)  # never a gray
+    # the cube colour chosen has the hue closest to the nick's among cube colours
+    hue = nick_colours.rgb_to_hsluv(r, g, b)[0]
+    assert abs((hue - nick_colours.angle("Romeo") + 180) % 360 - 180) < 15
+    assert nick_colours.hsluv_to_rgb(0, 0, 100) == (1.0, 1.0, 1.0)
+    assert nick_colours.hex_colour("Romeo") == "#dd00af"
+
+
+# --------------------------------------------------------------------------- XEP-0393
+
+
+def test_styling_spans():
+    assert styling.parse("plain text") == []
+    assert styling.parse("*bold* and _it_") == [("strong", 0, 6), ("emphasis", 11, 15)]
+    assert styling.parse("a*b*c") == []  # opening directive must follow a space
+    assert styling.parse("* not bold*") == []  # nor be followed by one
+    assert styling.parse("**") == []  # never empty
+    assert styling.parse("`*x*`") == [("pre", 0, 5)]  # nothing styled in pre
+    assert styling.parse("*a _b_ c*") == [("strong", 0, 9), ("emphasis", 3, 6)]
+    body = "> quoted *x*\nnormal\n```\n*raw*\n```\nafter ~s~"
+    spans = styling.parse(body)
+    assert ("quote", 0, 12) in spans
+    assert ("strong", 9, 12) in spans
+    assert ("pre_block", 20, 33) in spans
+    assert not any(kind == "strong" and start > 20 and end <= 33 for kind, start, end in spans)
+    assert ("strike", body.index("~s~"), len(body)) in spans
+    # spans never cross lines
+    assert styling.parse("*a\nb*") == []
+
+
+def test_styling_segments():
+    body = "x *y* z"
+    segments = styling.segments(body, styling.parse(body))
+    assert segments == [
+        (frozenset(), "x "),
+        (frozenset({"strong"}), "*y*"),
+        (frozenset(), " z"),
+    ]
+    assert "".join(t for _s, t in segments) == body
+
+
+# --------------------------------------------------------------------------- conversations
+
+
+def test_conversation_keys():
+    incoming = message_record(f"{BOB}/pc", ALICE, "hi")
+    assert conversation_key(incoming) == (BOB, CHAT)
+    outgoing = message_record(f"{ALICE}/me", BOB, "hi", outgoing=True)
+    assert conversation_key(outgoing) == (BOB, CHAT)
+    room_msg = message_record(f"{ROOM}/bobby", f"{ALICE}/me", "hi", type="groupchat")
+    assert conversation_key(room_msg, {ROOM}) == (ROOM, GROUP)
+    reflection = message_record(f"{ROOM}/me", f"{ALICE}/me", "hi", outgoing=True, type="groupchat")
+    assert conversation_key(reflection, {ROOM}) == (ROOM, GROUP)
+    private = message_record(f"{ROOM}/bobby", f"{ALICE}/me", "psst")
+    assert conversation_key(private, {ROOM}) == (f"{ROOM}/bobby", PRIVATE)
+
+
+def test_conversation_messages_and_updates():
+    conv = Conversation("alice", BOB, CHAT, own_jid=ALICE, name_of=lambda j: "Bob")
+    appended = []
+    updated = []
+    conv.events.on("append", appended.append)
+    conv.events.on("update", updated.append)
+    m1 = conv.add(message_record(f"{BOB}/pc", ALICE, "hello *you*", uid="u1"))
+    assert m1.nick == "Bob" and m1.styling == [("strong", 6, 11)]
+    assert conv.add(message_record(f"{BOB}/pc", ALICE, "hello *you*", uid="u1")) is None
+    mine = conv.add(message_record(f"{ALICE}/me", BOB, "/me waves", outgoing=True, uid="u2"))
+    assert mine.kind == "me" and mine.body == "waves" and mine.delivery == "sent"
+    assert appended == [m1, mine]
+    # receipt then read marker
+    conv.apply_update("u2", "receipt", {"delivery": "received"})
+    assert mine.delivery == "received"
+    conv.apply_update("u2", "marker", {"marker": "displayed", "marked_up_to": "u2"})
+    assert mine.delivery == "displayed"
+    conv.apply_update("u2", "receipt", {"delivery": "received"})
+    assert mine.delivery == "displayed"  # never goes back
+    # a marker we sent about their message does not touch delivery
+    assert conv.apply_update("u1", "marker", {"marker_sent": "displayed"}) is m1
+    assert m1.delivery == "" and m1.extra["marker_sent"] == "displayed"
+    # correction, reactions, retraction
+    conv.apply_update("u1", "correction", {"body": "hello _there_"})
+    assert m1.body == "hello _there_" and m1.edited and m1.styling == [("emphasis", 6, 13)]
+    conv.apply_update("u1", "reactions", {"reactions": {"👍": [ALICE, "carol@x"]}})
+    assert m1.reactions == {"👍": [ALICE, "carol@x"]}
+    conv.apply_update("u2", "retraction", {})
+    assert mine.retracted and mine.body == ""
+    assert updated.count(m1) == 3 and mine.version == 3
+    assert conv.apply_update("unknown", "receipt", {}) is None
+    # a correction sent as a new message replacing an old one
+    conv.add(message_record(f"{BOB}/pc", ALICE, "fixed", uid="u3", extra={"replace": "u1"}))
+    assert m1.body == "fixed" and "u3" not in conv.by_uid
+
+
+def test_conversation_styling_from_the_daemon_wins():
+    conv = Conversation("alice", BOB, CHAT)
+    extra = {"styling": [{"type": "pre-block", "start": 0, "end": 3}]}
+    m = conv.add(message_record(f"{BOB}/pc", ALICE, "*a*", extra=extra))
+    assert m.styling == [("pre_block", 0, 3)]
+    m = conv.add(message_record(f"{BOB}/pc", ALICE, "*a*", extra={"styling": []}))
+    assert m.styling == []  # the plugin said: nothing (e.g. <unstyled/>)
+
+
+def test_room_messages_mentions_and_own_nick():
+    conv = Conversation("alice", ROOM, GROUP)
+    conv.own_nick = "alice"
+    m = conv.add(message_record(f"{ROOM}/bob", ALICE, "hey Alice, look", type="groupchat"))
+    assert m.nick == "bob" and m.mention and not m.outgoing
+    m = conv.add(message_record(f"{ROOM}/bob", ALICE, "malice is not a mention", type="groupchat"))
+    assert not m.mention
+    m = conv.add(message_record(f"{ROOM}/alice", ALICE, "mine", outgoing=True, type="groupchat"))
+    assert m.outgoing and m.nick == "alice"
+
+
+@asyncio_test
+async def test_history_pages_load_on_demand():
+    bridge = FakeBridge()
+    now = time.time()
+    bridge.history["alice"] = [
+        message_record(f"{BOB}/pc", ALICE, f"line {i}", uid=f"h{i}", timestamp=now - 100 + i)
+        for i in range(75)
+    ]
+    conv = Conversation("alice", BOB, CHAT)
+    conv.PAGE = 30
+    events = []
+    conv.events.on("prepend", lambda msgs: events.append(len(msgs)))
+    # a live message arrived before the history was loaded: not duplicated
+    conv.add(dict(bridge.history["alice"][-1]))
+    assert await conv.load_history(bridge) == 29
+    assert [m.body for m in conv.messages][-2:] == ["line 73", "line 74"]
+    assert await conv.load_history(bridge) == 30
+    assert not conv.history_complete
+    assert await conv.load_history(bridge) == 15
+    assert conv.history_complete
+    assert await conv.load_history(bridge) == 0
+    assert [m.body for m in conv.messages] == [f"line {i}" for i in range(75)]
+    assert events == [29, 30, 15]
+    calls = bridge.called("HistoryGet")
+    assert calls[1][3] == {"before_uid": "h45"}
+
+
+# --------------------------------------------------------------------------- contacts
+
+
+def test_contact_list_rows_presence_and_unread():
+    cl = ContactList("alice")
+    cl.set_roster(
+        [
+            {"jid": BOB, "name": "Bob", "groups": ["Friends", "Work"]},
+            {"jid": "carol@example.org", "name": "", "groups": ["Friends"]},
+            {"jid": "dave@example.org", "name": "Dave", "groups": []},
+        ]
+    )
+    version = cl.version
+    assert cl.presence_update(f"{BOB}/pc", "away", 5, {"default": "lunch"}) == BOB
+    assert cl.version > version
+    bob = cl.get(BOB)
+    assert bob.show == "away" and bob.status == "lunch"
+    cl.presence_update(f"{BOB}/phone", "", 10, {})
+    assert bob.show == ""  # the higher priority resource wins
+    cl.presence_update(f"{BOB}/phone", "unavailable", 0, {})
+    assert bob.show == "away"
+    # a presence from outside the roster (a room occupant) creates no contact
+    cl.presence_update("stranger@example.org/x", "", 0, {})
+    assert cl.get("stranger@example.org") is None
+    rows = cl.rows()
+    assert [(r.kind, r.key) for r in rows] == [
+        ("header", "Friends"),
+        ("contact", BOB),  # online first
+        ("contact", "carol@example.org"),
+        ("header", "Work"),
+        ("contact", BOB),
+        ("header", "Contacts"),
+        ("contact", "dave@example.org"),
+    ]
+    assert rows[0].online == 1 and rows[0].count == 2
+    assert cl.rows() is rows  # cached until something changes
+    cl.set_show_offline(False)
+    assert [r.key for r in cl.rows() if r.kind == "contact"] == [BOB, BOB]
+    cl.set_show_offline(True)
+    cl.toggle_group("Friends")
+    assert ("contact", "carol@example.org") not in [(r.kind, r.key) for r in cl.rows()]
+    cl.set_unread(BOB, 3)
+    assert bob.unread == 3
+    cl.room_joined(ROOM, nick="alice", subject="hello")
+    cl.occupant_update(ROOM, "bob", {"role": "moderator", "show": ""})
+    assert cl.rows()[0].kind == "header" and cl.rows()[1].kind == "room"
+    cl.occupant_update(ROOM, "bob", {"left": True, "new_nick": "robert"})
+    assert cl.rooms[ROOM].nicks() == ["robert"]
+    cl.remove_contact("dave@example.org")
+    assert cl.get("dave@example.org") is None
+
+
+# --------------------------------------------------------------------------- the app
+
+
+def make_bridge() -> FakeBridge:
+    bridge = FakeBridge()
+    bridge.profiles["alice"] = {"jid": ALICE, "password": ""}
+    bridge.profiles["other"] = {"jid": "other@example.org", "password": "secret"}
+    bridge.rosters["alice"] = [{"jid": BOB, "name": "Bob", "groups": ["Friends"]}]
+    return bridge
+
+
+@asyncio_test
+async def test_app_login_messages_unread_and_notifications():
+    bridge = make_bridge()
+    app = QuickApp(bridge)
+    await app.start()
+    seen = []
+    app.events.on("conversation_new", lambda conv, by_user: seen.append((conv.jid, by_user)))
+    session = await app.login("alice")
+    assert session.jid == ALICE and session.ready
+    assert session.contacts.get(BOB).display_name == "Bob"
+    # a signal for a profile not opened here is ignored
+    bridge.emit("MessageNew", "other", message_record(f"{BOB}/pc", "other@example.org", "x"))
+    assert ("other", BOB) not in app.conversations
+    # a message from bob: conversation created, unread, notification
+    bridge.emit("MessageNew", "alice", message_record(f"{BOB}/pc", ALICE, "hi alice"))
+    conv = app.get_conversation("alice", BOB)
+    assert seen == [(BOB, False)]
+    assert conv.unread == 1 and session.contacts.get(BOB).unread == 1
+    assert app.notifications.total == 1
+    # displayed: read
+    app.set_visible([conv])
+    assert conv.unread == 0 and app.notifications.total == 0
+    bridge.emit("MessageNew", "alice", message_record(f"{BOB}/pc", ALICE, "again"))
+    assert conv.unread == 0 and app.notifications.total == 0
+    # sending goes through MessageSend and comes back as MessageNew
+    await app.send(conv, "hello bob")
+    assert bridge.sent[-1] == ("alice", BOB, "hello bob", {"type": "chat"})
+    assert conv.messages[-1].outgoing and conv.messages[-1].body == "hello bob"
+    # chat states
+    bridge.emit("ChatStateReceived", "alice", f"{BOB}/pc", "composing")
+    assert conv.chat_state == "composing"
+    assert session.contacts.get(BOB).chat_state == "composing"
+    # receipts by MessageUpdate
+    uid = conv.messages[-1].uid
+    bridge.emit("MessageUpdate", "alice", uid, "receipt", {"delivery": "received"})
+    assert conv.messages[-1].delivery == "received"
+    # disconnection clears presences and says so
+    bridge.emit("PresenceUpdate", "alice", f"{BOB}/pc", "", 0, {})
+    bridge.emit("Disconnected", "alice", "network down", True)
+    assert not session.connected and session.reconnecting
+    assert not session.contacts.get(BOB).online
+    assert "network down" in app.console.messages[-1].body
+
+
+@asyncio_test
+async def test_app_rooms_from_signals():
+    bridge = make_bridge()
+    bridge.handle("MucRoomsJoined", lambda profile: [])
+    app = QuickApp(bridge)
+    await app.start()
+    session = await app.login("alice")
+    bridge.emit(
+        "MucRoomJoined",
+        "alice",
+        ROOM,
+        {
+            "room": ROOM,
+            "nick": "alice",
+            "subject": "Welcome",
+            "occupants": [
+                {"nick": "alice", "role": "participant"},
+                {"nick": "bob", "role": "moderator"},
+            ],
+        },
+    )
+    conv = app.get_conversation("alice", ROOM)
+    assert conv.kind == GROUP and conv.own_nick == "alice" and conv.subject == "Welcome"
+    assert session.contacts.rooms[ROOM].nicks() == ["alice", "bob"]
+    bridge.emit("MucOccupantUpdate", "alice", ROOM, {"nick": "carol", "state": "joined"})
+    assert "carol joined" in conv.messages[-1].body
+    bridge.emit(
+        "MucOccupantUpdate", "alice", ROOM, {"nick": "robert", "old_nick": "bob", "state": "nick"}
+    )
+    assert session.contacts.rooms[ROOM].nicks() == ["alice", "carol", "robert"]
+    bridge.emit("MucSubject", "alice", ROOM, "New topic", "robert")
+    assert conv.subject == "New topic"
+    # a mention in a room notifies, other room messages only count as unread
+    bridge.emit(
+        "MessageNew", "alice", message_record(f"{ROOM}/carol", ALICE, "hi", type="groupchat")
+    )
+    assert conv.unread == 1 and app.notifications.total == 0
+    bridge.emit(
+        "MessageNew",
+        "alice",
+        message_record(f"{ROOM}/carol", ALICE, "alice: ping", type="groupchat"),
+    )
+    assert conv.mentions == 1 and app.notifications.total == 1
+    await app.send(conv, "hello room")
+    assert bridge.sent[-1][3] == {"type": "groupchat"}
+    bridge.emit("MucRoomLeft", "alice", ROOM, {"reason": "kicked", "message": "bye"})
+    assert ROOM not in session.contacts.rooms
+    assert "kicked" in conv.messages[-1].body
+
+
+@asyncio_test
+async def test_login_errors_leave_no_session():
+    from sat_frontends.bridge import errors
+
+    bridge = make_bridge()
+    app = QuickApp(bridge)
+    await app.start()
+    with pytest.raises(errors.PermissionDenied):
+        await app.login("other", "wrong")
+    assert "other" not in app.sessions
+    assert (await app.login("other", "secret")).jid == "other@example.org"
+
+
+# --------------------------------------------------------------------------- features & commands
+
+
+@asyncio_test
+async def test_features_find_members_and_say_what_is_missing():
+    bridge = make_bridge()
+    features = Features(bridge)
+    assert not features.has("muc_join")
+    with pytest.raises(MissingFeature) as info:
+        await features.call("muc_join", "alice", ROOM, "", {})
+    assert "joining group chats" in str(info.value) and "MucJoin" in str(info.value)
+    bridge.handle("MUCJoin", lambda profile, room, nick, options: {"room": room})
+    # a plugin declared later is found at the next use (no restart)
+    assert await features.require("muc_join") == "MUCJoin"  # an older naming is found too
+    bridge.handle("MucJoin", lambda profile, room, nick, options: {"room": room, "nick": nick})
+    features.invalidate()
+    assert features.member("muc_join") == "MucJoin"
+    assert features.has("muc_join")
+
+
+async def run(app, line, conv=None, ui=None):
+    ctx = Context(app, conv, "alice", ui)
+    await app_commands.run(line, ctx)
+    return ctx.output
+
+
+app_commands = Commands()
+
+
+class FakeUI:
+    def __init__(self):
+        self.calls = []
+
+    def __getattr__(self, name):
+        return lambda *args: self.calls.append((name, args))
+
+
+@asyncio_test
+async def test_commands():
+    bridge = make_bridge()
+    app = QuickApp(bridge)
+    await app.start()
+    await app.login("alice")
+    ui = FakeUI()
+    # /msg opens the conversation and sends
+    assert await run(app, f"/msg {BOB} hello there", ui=ui) == []
+    conv = app.get_conversation("alice", BOB)
+    assert ui.calls[0] == ("open_conversation", (conv,))
+    assert bridge.sent[-1][:3] == ("alice", BOB, "hello there")
+    # /me
+    await run(app, "/me waves", conv)
+    assert bridge.sent[-1][2] == "/me waves"
+    # a missing plugin is said clearly
+    out = await run(app, f"/join {ROOM}", conv)
+    assert out[-1][1] == "error" and "XEP-0045" in out[-1][0]
+    out = await run(app, "/correct fixed", conv)
+    assert "message correction" in out[0][0]
+    # with the plugin
+    bridge.handle(
+        "MessageCorrect",
+        lambda profile, uid, body, extra: "new",
+        ("profile", "uid", "body", "extra"),
+    )
+    assert await run(app, "/correct fixed", conv) == []
+    own_uid = conv.messages[-1].uid
+    assert bridge.called("MessageCorrect")[-1] == ("alice", own_uid, "fixed", {})
+    # /correct alone puts the last message in the input line
+    await run(app, "/correct", conv, ui)
+    assert ui.calls[-1] == ("set_input", ("/correct /me waves",))
+    bridge.handle(
+        "MucJoin", lambda profile, room, nick, options: {"room": room, "nick": nick or "alice"}
+    )
+    assert await run(app, "/join room", conv, ui) == []
+    assert bridge.called("MucJoin")[-1][:3] == ("alice", "room@conference.example.org", "alice")
+    room_conv = app.get_conversation("alice", "room@conference.example.org")
+    assert room_conv.kind == GROUP and ui.calls[-1] == ("open_conversation", (room_conv,))
+    # commands needing a room say so
+    out = await run(app, "/topic x", conv)
+    assert "works in a room" in out[0][0]
+    # unknown command
+    out = await run(app, "/frobnicate", conv)
+    assert "unknown command /frobnicate" in out[0][0]
+    # /search without the UI lists the results
+    out = await run(app, "/search hello", conv)
+    assert any("hello there" in text for text, _level in out)
+    # /block without the plugin, then with it
+    out = await run(app, "/block", conv)
+    assert "XEP-0191" in out[0][0]
+    bridge.handle("Block", lambda profile, jids: None)
+    assert (await run(app, "/block", conv))[0][0] == f"blocked: {BOB}"
+
+
+def test_command_parsing_and_help():
+    commands = Commands()
+    assert Commands.is_command("/join x") and not Commands.is_command("//not a command")
+    assert not Commands.is_command("hello")
+    assert Commands.split("/msg bob hello world") == ("msg", "bob hello world")
+    for name in (
+        "join",
+        "part",
+        "nick",
+        "me",
+        "msg",
+        "invite",
+        "topic",
+        "search",
+        "correct",
+        "block",
+        "help",
+    ):
+        assert commands.get(name) is not None, name
+    assert commands.get("j") is commands.get("join")
+    assert "room[@service]" in commands.help_lines("join")[0]
+    assert commands.arg_kinds()["msg"] == "jid"
+
+
+# --------------------------------------------------------------------------- input helpers
+
+
+def test_completion():
+    nicks = ["bobby", "Bob", "carol"]
+    provider = {"command": ["help", "join", "me", "msg"], "nick": nicks, "jid": [BOB, "x@y"]}
+    completer = Completer(lambda kind: provider.get(kind, []), {"msg": "jid"})
+    assert completer.complete("/jo", 3) == ("/join ", 6)
+    text, pos = completer.complete("bo", 2)
+    assert (text, pos) == ("bobby: ", 7)
+    text, pos = completer.complete(text, pos)  # Tab again: next candidate
+    assert (text, pos) == ("Bob: ", 5)
+    text, pos = completer.complete(text, pos)
+    assert text == "bobby: "  # cycles
+    completer.reset()
+    assert completer.complete("hi ca", 5) == ("hi carol ", 9)
+    completer.reset()
+    assert completer.complete("/msg bo", 7) == (f"/msg {BOB} ", len(f"/msg {BOB} "))
+    completer.reset()
+    assert completer.complete("nothing zz", 10) == ("nothing zz", 10)
+
+
+def test_input_history():
+    history = InputHistory()
+    history.add("one")
+    history.add("two")
+    history.add("two")
+    assert history.previous("draft") == "two"
+    assert history.previous("two") == "one"
+    assert history.previous("one") is None
+    assert history.next() == "two"
+    assert history.next() == "draft"
+    assert history.next() is None
+
+
+def test_notifications_and_progress():
+    notifications = Notifications()
+    rung = []
+    notifications.events.on("new", rung.append)
+    notifications.add("alice", BOB, "message", "hi")
+    notifications.add("alice", BOB, "message", "hi again")
+    notifications.add("alice", ROOM, "mention", "alice!")
+    assert notifications.total == 3 and notifications.count("alice", BOB) == 2
+    notifications.clear("alice", BOB)
+    assert notifications.total == 1 and len(rung) == 3
+    progress = ProgressTracker()
+    job = progress.started("alice", "j1", {"name": "file.txt"})
+    progress.updated("alice", "j1", 50, 200)
+    assert job.fraction == 0.25 and job.label == "file.txt"
+    progress.finished("alice", "j1", {})
+    assert job.fraction == 1.0 and progress.active()
+    progress.prune(time.monotonic() + 60)
+    assert not progress.jobs
