@@ -77,6 +77,19 @@ def one_line(text: str) -> str:
     return " ".join(part.strip() for part in str(text).splitlines() if part.strip())
 
 
+#: errors the plugins name themselves (their D-Bus name does not tell their kind)
+_NAMED_ERRORS = {
+    "MucNickConflict": Exit.EXISTS,
+    "MucPasswordRequired": Exit.PERMISSION,
+    "MucBanned": Exit.PERMISSION,
+    "MucMembersOnly": Exit.PERMISSION,
+    "MucCreationRestricted": Exit.PERMISSION,
+    "MucRoomNotFound": Exit.NOT_FOUND,
+    "MucNotJoined": Exit.NOT_FOUND,
+    "MucNickNotAcceptable": Exit.USAGE,
+}
+
+
 def error_to_exit(exc: BaseException) -> JpError:
     """Map a bridge error (sat_frontends.bridge.errors) or a JpError to a JpError."""
     if isinstance(exc, JpError):
@@ -96,6 +109,9 @@ def error_to_exit(exc: BaseException) -> JpError:
         (e.ConnectionFailed, Exit.CONNECTION),
         (e.AlreadyExists, Exit.EXISTS),
     )
+    code = _NAMED_ERRORS.get(name)
+    if code is not None:
+        return JpError(code, message or name, f"{LABELS[code]} ({name})")
     for cls, code in table:
         if isinstance(exc, cls):
             label = LABELS[code]
@@ -368,15 +384,29 @@ def generic_text(data: Any) -> str:
 
 def message_line(msg: dict, snippet: bool = False) -> str:
     """One message as ``DATE TIME FROM > TO: BODY`` (continuation lines indented)."""
+    extra = msg.get("extra") or {}
+    if not isinstance(extra, dict):
+        extra = {}
     body = msg.get("snippet") if snippet and msg.get("snippet") else msg.get("body")
     if body is None:
-        body = f"[subject] {msg['subject']}" if msg.get("subject") else ""
+        if extra.get("retracted"):
+            body = "[retracted]"
+        else:
+            body = f"[subject] {msg['subject']}" if msg.get("subject") else ""
     mtype = msg.get("type", "chat")
     tag = "" if mtype in ("chat", "") else f" ({mtype})"
     head = (
         f"{format_time(msg.get('timestamp'))} {msg.get('from', '?')} > {msg.get('to', '?')}{tag}:"
     )
     lines = str(body).split("\n")
+    notes = ""
+    if extra.get("edits") and not extra.get("retracted"):
+        notes += " (edited)"
+    reactions = extra.get("reactions")
+    if isinstance(reactions, dict) and reactions:
+        counts = {e: len(s) if isinstance(s, (list, tuple)) else 1 for e, s in reactions.items()}
+        notes += " [" + " ".join(f"{e}{n if n > 1 else ''}" for e, n in counts.items()) + "]"
+    lines[-1] += notes
     return head + " " + lines[0] + "".join("\n    " + line for line in lines[1:])
 
 
@@ -460,17 +490,33 @@ class Context:
         return methods.get(name) or methods.get(camel_to_snake(name))
 
     async def call(self, member: str, *args) -> Any:
-        """Call daemon method ``member`` (CamelCase); a missing member is a clear error."""
+        """Call daemon method ``member`` (CamelCase, declared in :mod:`.members`).
+
+        A member the daemon lacks is an "unavailable" error (code 10); one it declares with
+        other argument types than jp sends, or another return type than jp reads, is a
+        "version mismatch" (code 1) rather than a wrong call."""
+        from sat_frontends.jp.members import MEMBERS, describe, parse
+
+        spec = MEMBERS.get(member)
+        if spec is None:  # a bug of jp: every member it calls is declared there
+            raise JpError(Exit.ERROR, f"jp calls {member}, which is not in jp/members.py")
+        names, types, out = parse(spec)
+        if len(args) != len(names):
+            raise JpError(Exit.ERROR, f"jp sends {len(args)} argument(s) to {member}: {spec}")
         bridge = await self.connect()
         from sat_frontends.bridge import errors
 
         info = self.method_info(member)
-        if info is not None and len(info.arg_names) != len(args):
+        if info is not None and (
+            tuple(info.arg_signatures) != types or (out is not None and info.out_signature != out)
+        ):
             raise JpError(
                 Exit.ERROR,
                 f"jp and the daemon disagree on {member}: the daemon takes "
-                f"({', '.join(info.arg_names)}), jp sends {len(args)} argument(s); "
-                "update jp or the daemon",
+                f"({describe(info.arg_names, info.arg_signatures)}) -> "
+                f"{info.out_signature or 'nothing'}, jp sends ({describe(names, types)})"
+                + (f" and reads {out}" if out else "")
+                + "; update jp or the daemon",
                 "version mismatch",
             )
         try:
@@ -656,64 +702,43 @@ class Context:
                 except (NotImplementedError, RuntimeError):
                     pass
 
-    async def follow_progress(self, profile: str, start, label: str) -> dict:
-        """Run ``start()`` (a coroutine returning a progress id) and follow the
-        Progress* signals of that id until it finishes; a bar is drawn on a terminal.
-        Returns the metadata of ProgressFinished; ProgressError becomes a JpError."""
+    async def with_progress(self, profile: str, run, match: Callable[[str], bool], label: str):
+        """Await ``run()`` (a coroutine: a daemon call that returns when the job is done)
+        while drawing a bar, on a terminal, from the ``ProgressUpdated`` signals of
+        ``profile`` whose id ``match`` accepts. The call's own error is the command's; if
+        the daemon leaves the bus meanwhile, that is code 6 (not a time-out)."""
         import asyncio
 
         bridge = await self.connect()
-        loop = asyncio.get_running_loop()
-        done: asyncio.Future = loop.create_future()
-        events: list[tuple[str, tuple]] = []
-        wanted: dict[str, str | None] = {"id": None}
         bar = ProgressBar(label)
 
-        def handle(kind, args):
-            prof, pid = args[0], args[1]
-            if prof != profile or pid != wanted["id"] or done.done():
-                return
-            if kind == "updated":
-                bar.update(args[2], args[3])
-            elif kind == "finished":
-                done.set_result(args[2])
-            elif kind == "error":
-                done.set_exception(JpError(Exit.ERROR, str(args[2]), f"{label} failed"))
+        def updated(prof, pid, position, size):
+            if prof == profile and match(pid):
+                bar.update(position, size)
 
-        def make(kind):
-            def callback(*args):
-                if wanted["id"] is None:
-                    events.append((kind, args))
-                else:
-                    handle(kind, args)
-
-            return callback
-
-        callbacks = {
-            "ProgressUpdated": make("updated"),
-            "ProgressFinished": make("finished"),
-            "ProgressError": make("error"),
-        }
-        for name, cb in callbacks.items():
-            bridge.on(name, cb)
+        bridge.on("ProgressUpdated", updated)
+        loop = asyncio.get_running_loop()
+        gone: asyncio.Future = loop.create_future()
 
         def daemon_gone(reason: str) -> None:
-            if not done.done():
-                done.set_exception(JpError(Exit.UNREACHABLE, reason))
+            if not gone.done():
+                gone.set_exception(JpError(Exit.UNREACHABLE, reason))
 
         unwatch = self.on_daemon_gone(daemon_gone)
+        task = asyncio.ensure_future(run())
         try:
-            progress_id = await start()
-            if not progress_id:  # nothing to do
-                return {}
-            wanted["id"] = progress_id
-            for kind, args in events:
-                handle(kind, args)
-            return await done
+            await asyncio.wait((task, gone), return_when=asyncio.FIRST_COMPLETED)
+            if task.done():
+                return task.result()
+            task.cancel()
+            return gone.result()  # raises
         finally:
             unwatch()
-            if done.done() and not done.cancelled():
-                done.exception()  # retrieved: no "never retrieved" warning
+            if not task.done():
+                task.cancel()
+            if gone.done() and not gone.cancelled():
+                gone.exception()  # retrieved: no "never retrieved" warning
+            else:
+                gone.cancel()
             bar.finish()
-            for name, cb in callbacks.items():
-                bridge.off(name, cb)
+            bridge.off("ProgressUpdated", updated)

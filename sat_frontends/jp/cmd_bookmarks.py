@@ -1,13 +1,13 @@
-"""``jp bookmarks``: list, add, remove (XEP-0402, stored on the server)."""
+"""``jp bookmarks``: list, add, remove (XEP-0402 stored on the server, private; XEP-0048 on
+older servers).
+
+Bridge members: ``BookmarksList``, ``BookmarkSet`` (the whole bookmark: jp keeps the
+values not given from the existing one), ``BookmarkRemove``.
+"""
 
 from __future__ import annotations
 
 from sat_frontends.jp.base import Context, Group
-
-# members coming with the bookmarks plugin; jp says so when they are missing
-LIST = "BookmarksList"  # (profile) -> aa{sv}: room, name, nick, autojoin
-ADD = "BookmarkAdd"  # (profile, room, attrs a{sv}: name, nick, password, autojoin)
-REMOVE = "BookmarkRemove"  # (profile, room)
 
 
 def _text(items) -> str:
@@ -20,37 +20,61 @@ def _text(items) -> str:
             line += f"  nick={b['nick']}"
         if b.get("autojoin"):
             line += "  autojoin"
+        if b.get("has_password"):
+            line += "  password"
         lines.append(line)
     return "\n".join(lines)
 
 
 async def list_(ctx: Context):
-    ctx.out(await ctx.call(LIST, await ctx.profile()), _text)
+    ctx.out(await ctx.call("BookmarksList", await ctx.profile()), _text)
 
 
 async def add(ctx: Context):
     a = ctx.args
-    attrs: dict = {"autojoin": a.autojoin}
-    for key in ("name", "nick", "password"):
-        if getattr(a, key):
-            attrs[key] = getattr(a, key)
-    await ctx.call(ADD, await ctx.profile(), a.room, attrs)
-    ctx.out({"room": a.room, **{k: v for k, v in attrs.items() if k != "password"}}, "")
+    profile = await ctx.profile()
+    current: dict = {}
+    if a.name is None or a.nick is None or a.autojoin is None:
+        # an update keeps what is not given
+        room = a.room.lower()
+        for bookmark in await ctx.call("BookmarksList", profile):
+            if str(bookmark.get("room", "")).lower() == room:
+                current = bookmark
+                break
+    name = a.name if a.name is not None else current.get("name", "")
+    nick = a.nick if a.nick is not None else current.get("nick", "")
+    autojoin = a.autojoin if a.autojoin is not None else bool(current.get("autojoin", False))
+    await ctx.call("BookmarkSet", profile, a.room, name, nick, autojoin, a.password or "")
+    ctx.out({"room": a.room, "name": name, "nick": nick, "autojoin": autojoin}, "")
 
 
 async def remove(ctx: Context):
-    await ctx.call(REMOVE, await ctx.profile(), ctx.args.room)
+    await ctx.call("BookmarkRemove", await ctx.profile(), ctx.args.room)
     ctx.out({"room": ctx.args.room, "removed": True}, "")
 
 
 def build(parser) -> None:
     g = Group(parser)
     g.command("list", list_, "list the bookmarked rooms", aliases=["ls"])
-    p = g.command("add", add, "bookmark a room (or update its bookmark)")
+    p = g.command(
+        "add",
+        add,
+        "bookmark a room, or update its bookmark (what is not given is kept)",
+        epilog="With --autojoin the daemon joins the room at once, and on every connection.",
+    )
     p.add_argument("room", help="room JID")
-    p.add_argument("-n", "--name", help="name to show")
-    p.add_argument("--nick", help="nickname to use in the room")
-    p.add_argument("--password", help="room password")
-    p.add_argument("-a", "--autojoin", action="store_true", help="join it on connection")
+    p.add_argument("-n", "--name", help="name to show ('' for none)")
+    p.add_argument("--nick", help="nickname to use in the room ('' for the default)")
+    p.add_argument("--password", help="room password (default: keep the stored one)")
+    p.add_argument(
+        "-a",
+        "--autojoin",
+        action="store_true",
+        default=None,
+        help="join it now and on every connection",
+    )
+    p.add_argument(
+        "--no-autojoin", dest="autojoin", action="store_false", help="stop joining it by itself"
+    )
     p = g.command("remove", remove, "remove a bookmark", aliases=["rm"])
     p.add_argument("room", help="room JID")

@@ -1,4 +1,13 @@
-"""``jp message``: send, history, search, wait, listen, correct, retract, react, sync."""
+"""``jp message``: send, history, search, wait, listen, correct, retract, react, moderate,
+state, mark, sync, archive.
+
+Bridge members: ``MessageSend``, ``HistoryGet``, ``HistorySearch`` and the ``MessageNew``
+signal (core); ``MessageCorrect`` (XEP-0308), ``MessageRetract`` (XEP-0424),
+``MessageReactionsSet`` (XEP-0444), ``MessageModerate`` (XEP-0425), ``ChatStateSend``
+(XEP-0085), ``MarkerSend`` (XEP-0333), ``MamCatchUp`` and ``MamQuery`` (XEP-0313, with the
+``Progress*`` signals of id ``mam:<profile>:<archive>``); ``MucRoomsJoined`` to send to a
+room as ``groupchat`` when no type is given.
+"""
 
 from __future__ import annotations
 
@@ -16,12 +25,8 @@ from sat_frontends.jp.base import (
 )
 
 MESSAGE_TYPES = ("chat", "normal", "groupchat", "headline")
-
-# members coming with the instant messaging plugins (jp says so when they are missing)
-CORRECT = "MessageCorrect"  # (profile, uid, new_body, extra a{sv}) -> s new uid
-RETRACT = "MessageRetract"  # (profile, uid, extra a{sv})
-REACT = "MessageReact"  # (profile, uid, reactions as): our whole set of reactions
-MAM_SYNC = "MAMSync"  # (profile, with_jid, options a{sv}) -> s progress id ('' if nothing)
+CHAT_STATES = ("active", "composing", "paused", "inactive", "gone")
+MARKERS = ("displayed", "received", "acknowledged")
 
 
 def _text(ctx: Context, words: list[str] | None, what: str = "message") -> str:
@@ -40,11 +45,33 @@ def _lines(messages, snippet=False) -> str:
     return "\n".join(message_line(m, snippet) for m in messages)
 
 
+async def _in_room(ctx: Context, profile: str, jid: str) -> bool:
+    """Whether ``jid`` is a room we are in (no group chat plugin: False)."""
+    if "/" in jid:
+        return False  # a full JID: a private message to an occupant is a chat
+    try:
+        rooms = await ctx.call("MucRoomsJoined", profile)
+    except JpError as e:
+        if e.code == Exit.UNAVAILABLE:
+            return False
+        raise
+    bare = jid.lower()
+    return any(str(r.get("room", "")).lower() == bare for r in rooms)
+
+
 async def send(ctx: Context):
     a = ctx.args
     body = _text(ctx, a.text)
-    extra = {"type": a.type} if a.type else {}
-    uid = await ctx.call("MessageSend", await ctx.profile(), a.to, body, extra)
+    profile = await ctx.profile()
+    extra: dict = {}
+    mtype = a.type
+    if mtype is None and await _in_room(ctx, profile, a.to):
+        mtype = "groupchat"
+    if mtype:
+        extra["type"] = mtype
+    if a.reply_to:
+        extra["reply_to"] = a.reply_to
+    uid = await ctx.call("MessageSend", profile, a.to, body, extra)
     ctx.out({"uid": uid}, uid if a.print_uid else "")
 
 
@@ -216,43 +243,94 @@ async def listen(ctx: Context):
 async def correct(ctx: Context):
     a = ctx.args
     body = _text(ctx, a.text, "corrected message")
-    uid = await ctx.call(CORRECT, await ctx.profile(), a.uid, body, {})
-    ctx.out({"uid": uid, "corrects": a.uid}, "")
+    await ctx.call("MessageCorrect", await ctx.profile(), a.uid, body)
+    ctx.out({"uid": a.uid, "body": body}, "")
 
 
 async def retract(ctx: Context):
     a = ctx.args
-    await ctx.call(RETRACT, await ctx.profile(), a.uid, {})
+    await ctx.call("MessageRetract", await ctx.profile(), a.uid)
     ctx.out({"uid": a.uid, "retracted": True}, "")
 
 
 async def react(ctx: Context):
     a = ctx.args
-    reactions = [] if a.clear else a.reactions
-    if not reactions and not a.clear:
+    if a.clear and a.reactions:
+        raise JpError(Exit.USAGE, "give reactions or --clear, not both")
+    if not a.reactions and not a.clear:
         raise JpError(Exit.USAGE, "give at least one reaction, or --clear")
-    await ctx.call(REACT, await ctx.profile(), a.uid, reactions)
+    reactions = [] if a.clear else a.reactions
+    await ctx.call("MessageReactionsSet", await ctx.profile(), a.uid, reactions)
     ctx.out({"uid": a.uid, "reactions": reactions}, "")
 
 
-async def sync(ctx: Context):
+async def moderate(ctx: Context):
     a = ctx.args
+    await ctx.call("MessageModerate", await ctx.profile(), a.room, a.uid, a.reason or "")
+    ctx.out({"room": a.room, "uid": a.uid, "moderated": True}, "")
+
+
+async def state(ctx: Context):
+    a = ctx.args
+    sent = await ctx.call("ChatStateSend", await ctx.profile(), a.to, a.state)
+    ctx.out(
+        {"to": a.to, "state": a.state, "sent": sent},
+        "" if sent else "not sent: the contact does not use chat states, or they are disabled",
+    )
+
+
+async def mark(ctx: Context):
+    a = ctx.args
+    sent = await ctx.call("MarkerSend", await ctx.profile(), a.uid, a.marker)
+    ctx.out(
+        {"uid": a.uid, "marker": a.marker, "sent": sent},
+        ""
+        if sent
+        else "not sent: the message is not markable, markers are disabled, "
+        "or a later message is already marked",
+    )
+
+
+def _sync_text(stats: dict) -> str:
+    text = f"{stats.get('archive', 'archive')}: {stats.get('stored', 0)} new message(s)"
+    details = [f"{stats.get('received', 0)} received"]
+    if stats.get("duplicates"):
+        details.append(f"{stats['duplicates']} already stored")
+    if stats.get("pages") is not None:
+        details.append(f"{stats['pages']} page(s)")
+    if stats.get("seconds") is not None:
+        details.append(f"{float(stats['seconds']):.1f} s")
+    text += f" ({', '.join(details)})"
+    if stats.get("complete") is False:
+        text += "; incomplete: run it again"
+    return text
+
+
+async def sync(ctx: Context):
     profile = await ctx.profile()
-    options: dict = {}
-    if a.since is not None:
-        options["start"] = a.since
-    result = await ctx.follow_progress(
+    prefix = f"mam:{profile}:"
+    stats = await ctx.with_progress(
         profile,
-        lambda: ctx.call(MAM_SYNC, profile, a.with_jid or "", options),
+        lambda: ctx.call("MamCatchUp", profile),
+        lambda pid: pid.startswith(prefix),
         "archive sync",
     )
-    ctx.out(
-        result or {},
-        lambda data: (
-            "archive synchronised"
-            + (f": {data['count']} new message(s)" if "count" in data else "")
-        ),
-    )
+    ctx.out(stats, _sync_text)
+
+
+async def archive(ctx: Context):
+    a = ctx.args
+    filters: dict = {}
+    if a.room:
+        filters["archive"] = a.room
+    if a.before_uid:
+        filters["before_uid"] = a.before_uid
+    if a.since is not None:
+        filters["start"] = a.since
+    if a.until is not None:
+        filters["end"] = a.until
+    messages = await ctx.call("MamQuery", await ctx.profile(), a.with_jid or "", filters, a.limit)
+    ctx.out(messages, _lines)
 
 
 # ---------------------------------------------------------------------------- parser
@@ -260,6 +338,13 @@ async def sync(ctx: Context):
 
 def _time_arg(text: str) -> float:
     return parse_time(text)
+
+
+def _archive_limit(text: str) -> int:
+    value = positive_int(text)
+    if value > 1000:
+        raise argparse.ArgumentTypeError("at most 1000 messages per page")
+    return value
 
 
 def _filters(p: argparse.ArgumentParser) -> None:
@@ -301,9 +386,14 @@ def build(parser) -> None:
         epilog="examples:\n  jp message send bob@example.org Hello Bob\n"
         "  fortune | jp message send -p alice bob@example.org",
     )
-    p.add_argument("to", help="recipient JID (a room JID with --type groupchat)")
+    p.add_argument("to", help="recipient JID, or a room's JID")
     p.add_argument("text", nargs="*", help="message text (default: read stdin)")
-    p.add_argument("--type", choices=MESSAGE_TYPES, help="message type (default: chat)")
+    p.add_argument(
+        "--type",
+        choices=MESSAGE_TYPES,
+        help="message type (default: groupchat to a room we are in, else chat)",
+    )
+    p.add_argument("-r", "--reply-to", metavar="UID", help="answer this message (XEP-0461)")
     p.add_argument("-u", "--print-uid", action="store_true", help="print the message uid")
 
     p = g.command("history", history, "show stored messages, oldest first", aliases=["log"])
@@ -358,23 +448,72 @@ def build(parser) -> None:
         "-d", "--duration", type=float, metavar="SECONDS", help="stop after this time (exit 0)"
     )
 
-    p = g.command("correct", correct, "correct a message we sent (text from args or stdin)")
-    p.add_argument("uid", help="uid of the message to correct")
+    p = g.command(
+        "correct",
+        correct,
+        "correct our last message of a conversation (XEP-0308; text from args or stdin)",
+    )
+    p.add_argument("uid", help="uid of our last message in its conversation")
     p.add_argument("text", nargs="*", help="corrected text (default: read stdin)")
 
-    p = g.command("retract", retract, "retract (unsend) a message we sent")
+    p = g.command("retract", retract, "retract (unsend) one of our messages (XEP-0424)")
     p.add_argument("uid", help="uid of the message")
 
-    p = g.command("react", react, "set our reactions to a message")
+    p = g.command(
+        "react",
+        react,
+        "set our reactions to a message (XEP-0444): they replace our previous ones",
+    )
     p.add_argument("uid", help="uid of the message")
     p.add_argument("reactions", nargs="*", metavar="EMOJI", help="reactions (replace ours)")
     p.add_argument("--clear", action="store_true", help="remove our reactions")
 
     p = g.command(
+        "moderate",
+        moderate,
+        "as a room moderator, retract an occupant's message (XEP-0425)",
+    )
+    p.add_argument("room", help="room JID")
+    p.add_argument("uid", help="uid of the group chat message")
+    p.add_argument("-r", "--reason", help="why (shown to the occupants)")
+
+    p = g.command("state", state, "tell a contact or a room our chat state (XEP-0085)")
+    p.add_argument("to", help="contact (bare or full JID) or room")
+    p.add_argument("state", choices=CHAT_STATES, help="chat state")
+
+    p = g.command(
+        "mark",
+        mark,
+        "mark a received message, and the earlier ones, as displayed (XEP-0333)",
+    )
+    p.add_argument("uid", help="uid of a received message")
+    p.add_argument(
+        "-m", "--marker", choices=MARKERS, default="displayed", help="marker (default: displayed)"
+    )
+
+    g.command(
         "sync",
         sync,
-        "catch up with the server archive (MAM), with a progress bar on a terminal",
+        "catch up with the account's server archive now (MAM), progress bar on a terminal",
         timeout=None,
+        epilog="The daemon also does it by itself on every connection (and rooms on join).\n"
+        "Prints the counts: archive, received, stored (new), duplicates, pages, seconds...",
     )
-    p.add_argument("with_jid", nargs="?", metavar="JID", help="only this contact or room")
-    p.add_argument("--since", type=_time_arg, metavar="WHEN", help="from this time")
+
+    p = g.command(
+        "archive",
+        archive,
+        "fetch a page of older messages from the server archive (MAM), store and show them",
+        timeout=120.0,
+        epilog="Without a position: the page just before the oldest stored message of the "
+        "conversation.\nexample:\n  jp message archive --room room@conference.example.org "
+        "-n 100 -j",
+    )
+    p.add_argument("with_jid", nargs="?", metavar="JID", help="only this contact")
+    p.add_argument("--room", metavar="ROOM", help="a room's archive (default: the account's)")
+    p.add_argument("--before-uid", metavar="UID", help="the page ends before this message")
+    p.add_argument("--since", type=_time_arg, metavar="WHEN", help="not before this time")
+    p.add_argument("--until", type=_time_arg, metavar="WHEN", help="not after this time")
+    p.add_argument(
+        "-n", "--limit", type=_archive_limit, default=50, help="how many (default: 50, max 1000)"
+    )

@@ -1,8 +1,11 @@
-"""``jp presence``: set ours, list our contacts'."""
+"""``jp presence``: set ours, list our contacts', get one contact's.
+
+Bridge members: ``PresenceSet``, ``PresenceStatusesGet``, ``PresenceGet`` (core).
+"""
 
 from __future__ import annotations
 
-from sat_frontends.jp.base import Context, Group
+from sat_frontends.jp.base import Context, Exit, Group
 
 SHOWS = ("available", "away", "chat", "dnd", "xa")
 
@@ -34,6 +37,12 @@ async def list_(ctx: Context):
     ctx.out(items, _presence_text)
 
 
+async def get(ctx: Context):
+    item = await ctx.call("PresenceGet", await ctx.profile(), ctx.args.jid)
+    ctx.out(item, lambda d: _presence_text([d]))
+    return Exit.OK if item.get("show") != "unavailable" else Exit.NOT_CONNECTED
+
+
 def build(parser) -> None:
     g = Group(parser)
     p = g.command("set", set_, "set our presence")
@@ -41,3 +50,7 @@ def build(parser) -> None:
     p.add_argument("-s", "--status", help="status text")
     p.add_argument("--priority", type=int, default=0, help="priority -128..127 (default: 0)")
     g.command("list", list_, "presence of our available contacts", aliases=["ls"])
+    p = g.command(
+        "get", get, "presence of one contact (its most available resource; exit 4 if offline)"
+    )
+    p.add_argument("jid", help="bare JID (its most available resource) or full JID")

@@ -1,18 +1,14 @@
-"""``jp roster``: list, add, remove, subscribe / approve / deny / unsubscribe, block."""
+"""``jp roster``: list, add, remove, subscribe / approve / deny / unsubscribe, requests,
+block, unblock, blocked.
+
+Bridge members: ``RosterGet``, ``RosterAdd``, ``RosterRemove``, ``SubscriptionSend``,
+``SubscriptionRequestsGet`` (core), ``Block``, ``Unblock``, ``BlockingClear``,
+``BlockingList`` (XEP-0191).
+"""
 
 from __future__ import annotations
 
-from sat_frontends.jp.base import Context, Exit, Group, JpError, scalar_text
-
-# members coming with the instant messaging plugins (jp says so when they are missing)
-ADD = "RosterAdd"  # (profile, jid, name, groups as)
-REMOVE = "RosterRemove"  # (profile, jid)
-SUBSCRIPTION = (
-    "SubscriptionSend"  # (profile, jid, type: subscribe|subscribed|unsubscribe|unsubscribed)
-)
-BLOCK = "BlockingAdd"  # (profile, jids as)
-UNBLOCK = "BlockingRemove"  # (profile, jids as)
-BLOCKED = "BlockingListGet"  # (profile) -> as
+from sat_frontends.jp.base import Context, Exit, Group, JpError, format_time, scalar_text
 
 
 def _roster_text(items) -> str:
@@ -39,40 +35,59 @@ async def list_(ctx: Context):
 
 async def add(ctx: Context):
     a = ctx.args
-    await ctx.call(ADD, await ctx.profile(), a.jid, a.name or "", a.group or [])
+    await ctx.call("RosterAdd", await ctx.profile(), a.jid, a.name or "", a.group or [])
     if a.subscribe:
-        await ctx.call(SUBSCRIPTION, await ctx.profile(), a.jid, "subscribe")
+        await ctx.call("SubscriptionSend", await ctx.profile(), a.jid, "subscribe")
     ctx.out({"jid": a.jid, "added": True, "subscribe": a.subscribe}, "")
 
 
 async def remove(ctx: Context):
-    await ctx.call(REMOVE, await ctx.profile(), ctx.args.jid)
+    await ctx.call("RosterRemove", await ctx.profile(), ctx.args.jid)
     ctx.out({"jid": ctx.args.jid, "removed": True}, "")
 
 
 def _subscription(kind: str):
     async def handler(ctx: Context):
-        await ctx.call(SUBSCRIPTION, await ctx.profile(), ctx.args.jid, kind)
+        await ctx.call("SubscriptionSend", await ctx.profile(), ctx.args.jid, kind)
         ctx.out({"jid": ctx.args.jid, "sent": kind}, "")
 
     handler.__name__ = kind
     return handler
 
 
+async def requests(ctx: Context):
+    items = await ctx.call("SubscriptionRequestsGet", await ctx.profile())
+    ctx.out(
+        items,
+        lambda data: "\n".join(
+            f"{format_time(r.get('timestamp'))} {r.get('jid', '?')}"
+            + (f" ({r['nick']})" if r.get("nick") else "")
+            + (f"  {r['status']}" if r.get("status") else "")
+            for r in data
+        ),
+    )
+
+
 async def block(ctx: Context):
-    await ctx.call(BLOCK, await ctx.profile(), ctx.args.jids)
+    await ctx.call("Block", await ctx.profile(), ctx.args.jids)
     ctx.out({"blocked": ctx.args.jids}, "")
 
 
 async def unblock(ctx: Context):
-    if not ctx.args.jids and not ctx.args.all:
+    a = ctx.args
+    if a.all:
+        if a.jids:
+            raise JpError(Exit.USAGE, "give the JIDs to unblock or --all, not both")
+        await ctx.call("BlockingClear", await ctx.profile())
+    elif a.jids:
+        await ctx.call("Unblock", await ctx.profile(), a.jids)
+    else:
         raise JpError(Exit.USAGE, "give the JIDs to unblock, or --all")
-    await ctx.call(UNBLOCK, await ctx.profile(), [] if ctx.args.all else ctx.args.jids)
-    ctx.out({"unblocked": "all" if ctx.args.all else ctx.args.jids}, "")
+    ctx.out({"unblocked": "all" if a.all else a.jids}, "")
 
 
 async def blocked(ctx: Context):
-    jids = await ctx.call(BLOCKED, await ctx.profile())
+    jids = await ctx.call("BlockingList", await ctx.profile())
     ctx.out(sorted(jids), lambda data: "\n".join(data))
 
 
@@ -99,9 +114,15 @@ def build(parser) -> None:
         p = g.command(name, _subscription(kind), text)
         p.add_argument("jid", help="contact JID")
 
+    g.command(
+        "requests",
+        requests,
+        "subscription requests waiting for an answer (approve or deny them)",
+    )
+
     p = g.command("block", block, "block JIDs (XEP-0191)")
     p.add_argument("jids", nargs="+", metavar="JID", help="JID or domain to block")
     p = g.command("unblock", unblock, "unblock JIDs")
     p.add_argument("jids", nargs="*", metavar="JID", help="JID or domain to unblock")
     p.add_argument("--all", action="store_true", help="unblock everybody")
-    g.command("blocked", blocked, "list blocked JIDs")
+    g.command("blocked", blocked, "list blocked JIDs (not found: the server cannot block)")

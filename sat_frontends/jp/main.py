@@ -31,11 +31,13 @@ GROUPS: dict[str, tuple[str, str, tuple[str, ...]]] = {
     "presence": ("cmd_presence", "our presence and our contacts'", ()),
     "message": (
         "cmd_message",
-        "messages: send, history, search, wait, listen, correct, retract, react",
+        "messages: send, history, search, wait, listen, correct, retract, react, sync",
         ("msg",),
     ),
-    "muc": ("cmd_muc", "group chats: join, leave, list, occupants, invite, config", ()),
+    "muc": ("cmd_muc", "group chats: join, leave, list, occupants, invite, config, kick", ()),
     "bookmarks": ("cmd_bookmarks", "group chat bookmarks: list, add, remove", ()),
+    "vcard": ("cmd_vcard", "vCards: show anyone's, change ours", ()),
+    "avatar": ("cmd_avatar", "avatars: find anyone's, publish ours", ()),
     "info": ("cmd_info", "disco, software version, ping, daemon health", ()),
     "param": ("cmd_param", "parameters: list, get, set", ()),
     "debug": ("cmd_debug", "call any bridge method, monitor signals", ()),
@@ -55,6 +57,8 @@ examples:
   echo "Hello Bob" | jp message send bob@example.org
   jp message wait --from bob@example.org --timeout 60 -j | jq -r .body
   jp message search -j "café" | jq -r '.[].snippet'
+  jp muc join room@conference.example.org -n alice
+  jp message send room@conference.example.org "Hello all"
   jp debug bridge call VersionGet
 
 environment:

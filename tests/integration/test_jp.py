@@ -99,6 +99,37 @@ def wait_for_file(path: Path, proc: subprocess.Popen, timeout: float = 20) -> No
         time.sleep(0.02)
 
 
+def poll(check, what: str, timeout: float = 20, interval: float = 0.1):
+    """Call ``check()`` until it returns something true (each call runs jp: be gentle)."""
+    deadline = time.monotonic() + timeout
+    while True:
+        result = check()
+        if result:
+            return result
+        assert time.monotonic() < deadline, f"{what}: not seen within {timeout} s"
+        time.sleep(interval)
+
+
+def by_uid(messages: list[dict], uid: str) -> dict | None:
+    return next((m for m in messages if m["uid"] == uid), None)
+
+
+def tiny_png() -> bytes:
+    """A valid 1x1 PNG."""
+    import struct
+    import zlib
+
+    def chunk(kind: bytes, data: bytes) -> bytes:
+        body = kind + data
+        return struct.pack(">I", len(data)) + body + struct.pack(">I", zlib.crc32(body))
+
+    header = struct.pack(">IIBBBBB", 1, 1, 8, 6, 0, 0, 0)
+    pixels = zlib.compress(b"\x00\xff\x80\x00\xff")
+    return (
+        b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", header) + chunk(b"IDAT", pixels) + chunk(b"IEND", b"")
+    )
+
+
 # ---------------------------------------------------------------------------- fixtures
 
 
@@ -389,20 +420,6 @@ def test_error_cases_have_their_exit_codes(profiles):
     started = time.monotonic()
     assert_fails(jp("message", "wait", "-p", "bob", "--timeout", "0.5"), TIMEOUT, "0.5 s")
     assert time.monotonic() - started < 10
-    # a feature the daemon does not offer (yet): say so, with its own code
-    members = {m["name"] for m in jp.json("debug", "bridge", "list")["methods"]}
-    future = [
-        (("muc", "join", "room@conference.localhost"), "MUCJoin"),
-        (("message", "correct", "0123", "fixed"), "MessageCorrect"),
-        (("roster", "add", "carol@localhost"), "RosterAdd"),
-        (("bookmarks", "list"), "BookmarksList"),
-        (("message", "sync"), "MAMSync"),
-    ]
-    missing = [(args, member) for args, member in future if member not in members]
-    if not missing:
-        pytest.skip("every member jp knows is offered by the daemon")
-    for args, member in missing:
-        assert_fails(jp(*args), UNAVAILABLE, f"does not offer {member}")
     # cleanup, non-interactive: needs --yes
     for name in ("idle", "locked", "badpw"):
         assert jp.json("profile", "delete", name, "--yes") == {"name": name, "deleted": True}
@@ -429,3 +446,221 @@ def test_waiting_commands_exit_when_the_daemon_stops(tmp_path, prosody):
             out, err = proc.communicate(timeout=30)
             assert proc.returncode == UNREACHABLE, (out, err)
             assert err.count("\n") == 1 and err.startswith("jp: daemon unreachable: "), err
+
+
+def test_members_jp_uses_match_the_daemon(profiles):
+    """Every member jp calls (sat_frontends/jp/members.py) is offered by the real daemon with
+    the same argument names and types, and the return type jp reads."""
+    from sat_frontends.jp.members import MEMBERS, SIGNALS, parse
+
+    jp = profiles["jp"]
+    offered = jp.json("debug", "bridge", "list")
+    methods = {m["name"]: m for m in offered["methods"]}
+    problems = []
+    for name, spec in MEMBERS.items():
+        names, types, out = parse(spec)
+        method = methods.get(name)
+        if method is None:
+            problems.append(f"{name}: not offered by the daemon")
+            continue
+        declared = tuple((a["name"], a["type"]) for a in method["args"])
+        if declared != tuple(zip(names, types, strict=True)):
+            problems.append(f"{name}: daemon {declared}, jp {spec}")
+        if out is not None and method["out"] != out:
+            problems.append(f"{name}: daemon returns {method['out']!r}, jp reads {out!r}")
+    signals = {s["name"]: s for s in offered["signals"]}
+    for name, spec in SIGNALS.items():
+        names, types, _ = parse(spec)
+        signal = signals.get(name)
+        if (
+            signal is None
+            or tuple(signal["args"]) != names
+            or signal["signature"] != "".join(types)
+        ):
+            problems.append(f"signal {name}: daemon {signal}, jp {spec}")
+    assert not problems, "\n".join(problems)
+
+
+def test_group_chat_round_trip(profiles, tmp_path):
+    """Two profiles in a room through jp only: join, occupants, talk, correct, react, retract
+    (each seen in the other profile's history), subject, config, affiliations, kick, leave."""
+    jp, server, a = profiles["jp"], profiles["prosody"], profiles["alice"]
+    room = f"jp-{uuid.uuid4().hex[:8]}@{server.muc_domain}"
+    info = jp.json("muc", "join", room, "-n", "alice")  # alice: the default profile
+    assert info["created"] and info["nick"] == "alice" and info["role"] == "moderator"
+    assert jp.ok("muc", "join", room, "-p", "bob", "-n", "bob").startswith(
+        f"joined {room} as bob, 2 occupant(s)"
+    )
+    occupants = jp.json("muc", "occupants", room, "-p", "bob")
+    assert {(o["nick"], o["role"]) for o in occupants} == {
+        ("alice", "moderator"),
+        ("bob", "participant"),
+    }
+    poll(
+        lambda: len(jp.json("muc", "occupants", room)) == 2,
+        "bob among alice's occupants",
+    )
+    assert [r["room"] for r in jp.json("muc", "list", "-p", "bob")] == [room]
+
+    # alice talks (groupchat, as the daemon wants for a room), bob receives it
+    ready = tmp_path / "ready"
+    waiter = jp.popen(
+        "message", "wait", "-p", "bob", "--from", room, "--type", "groupchat",
+        "--ready-file", ready, "--timeout", 30, "-j",
+    )  # fmt: skip
+    try:
+        wait_for_file(ready, waiter)
+        a_uid = jp.ok("message", "send", room, "Meeting at 10", "--type", "groupchat", "-u")
+        a_uid = a_uid.strip()
+        out, err = waiter.communicate(timeout=30)
+    finally:
+        if waiter.poll() is None:
+            waiter.kill()
+            waiter.communicate()
+    assert waiter.returncode == OK, err
+    received = json.loads(out)
+    assert received["from"] == f"{room}/alice" and received["body"] == "Meeting at 10"
+    b_uid = received["uid"]
+    # bob answers without --type: jp sees he is in that room and sends a groupchat message
+    jp.ok("message", "send", "-p", "bob", room, "Works for me")
+
+    def groupchat_history(*options):
+        return [
+            m for m in jp.json("message", "history", room, *options) if m["type"] == "groupchat"
+        ]
+
+    history = poll(
+        lambda: (lambda msgs: msgs if len(msgs) == 2 else None)(groupchat_history()),
+        "both messages in alice's history",
+    )
+    assert [(m["from"], m["body"]) for m in history] == [
+        (f"{room}/alice", "Meeting at 10"),
+        (f"{room}/bob", "Works for me"),
+    ]
+    assert history[0]["uid"] == a_uid and history[0]["outgoing"] is True
+
+    def sees(profile, uid, predicate, what):
+        """The message ``uid`` in ``profile``'s history, once ``predicate`` holds for it."""
+        return poll(
+            lambda: (lambda m: m if m and predicate(m) else None)(
+                by_uid(groupchat_history("-p", profile), uid)
+            ),
+            what,
+        )
+
+    # alice corrects her message: bob's copy changes
+    jp.ok("message", "correct", a_uid, "Meeting", "at", "11")
+    seen = sees("bob", b_uid, lambda m: m["body"] == "Meeting at 11", "correction")
+    assert seen["extra"]["edits"][0]["body"] == "Meeting at 10"
+    assert "Meeting at 11 (edited)" in jp.ok("message", "history", room, "-p", "bob")
+    # bob reacts: alice's copy gets the reaction
+    jp.ok("message", "react", b_uid, "👍", "-p", "bob")
+    mine = sees("alice", a_uid, lambda m: m["extra"].get("reactions"), "reaction")
+    assert mine["extra"]["reactions"] == {"👍": [f"{room}/bob"]}
+    # alice retracts it: bob keeps a tombstone
+    assert jp.json("message", "retract", a_uid) == {"uid": a_uid, "retracted": True}
+    gone = sees("bob", b_uid, lambda m: m["extra"].get("retracted"), "retraction")
+    assert "body" not in gone and gone["extra"]["retracted"]["by"] == f"{room}/alice"
+    assert "[retracted]" in jp.ok("message", "history", room, "-p", "bob", "-n", 2)
+
+    # room management as its owner
+    jp.ok("muc", "subject", room, "Ordre", "du", "jour")
+    assert jp.json("muc", "list")[0]["subject"] == "Ordre du jour"
+    form = jp.json("muc", "config", room)
+    assert form["form_type"] == "http://jabber.org/protocol/muc#roomconfig"
+    jp.ok("muc", "config", room, "muc#roomconfig_roomname=Salle jp")
+    fields = {f["var"]: f["values"] for f in jp.json("muc", "config", room)["fields"]}
+    assert fields["muc#roomconfig_roomname"] == ["Salle jp"]
+    assert "muc#roomconfig_roomname = Salle jp" in jp.ok("muc", "config", room)
+    owners = jp.json("muc", "affiliations", room, "owner")
+    assert [o["jid"] for o in owners] == [a.jid]
+    assert_fails(jp("muc", "config", room, "-p", "bob"), PERMISSION)
+    assert_fails(jp("muc", "kick", room, "alice", "-p", "bob"), PERMISSION)
+    jp.ok("muc", "kick", room, "bob", "-r", "Dehors")
+    poll(lambda: jp.json("muc", "list", "-p", "bob") == [], "bob out of the room")
+    assert_fails(
+        jp("message", "send", "-p", "bob", room, "still here?", "--type", "groupchat"),
+        PERMISSION,
+        "not in room",
+    )
+    assert_fails(jp("muc", "occupants", room, "-p", "bob"), NOT_FOUND)
+    jp.ok("muc", "leave", room, "-s", "bye")
+    assert jp.json("muc", "list") == []
+
+
+def test_roster_blocking_bookmarks(profiles):
+    jp, b, server = profiles["jp"], profiles["bob"], profiles["prosody"]
+    # roster
+    jp.ok("roster", "add", b.jid, "--name", "Bob", "-g", "Friends")
+    entry = poll(
+        lambda: next((i for i in jp.json("roster", "list") if i["jid"] == b.jid), None),
+        "bob in alice's roster",
+    )
+    assert entry["name"] == "Bob" and entry["groups"] == ["Friends"]
+    assert f"{b.jid} (Bob)" in jp.ok("roster", "list", "-g", "Friends")
+    jp.ok("roster", "remove", b.jid)
+    poll(
+        lambda: all(i["jid"] != b.jid for i in jp.json("roster", "list")),
+        "bob removed from alice's roster",
+    )
+    # blocking (XEP-0191)
+    spam = f"spam-{uuid.uuid4().hex[:6]}@example.org"
+    jp.ok("roster", "block", spam, "-p", "bob")
+    assert jp.json("roster", "blocked", "-p", "bob") == [spam]
+    jp.ok("roster", "unblock", spam, "-p", "bob")
+    assert jp.json("roster", "blocked", "-p", "bob") == []
+    jp.ok("roster", "block", spam, "other." + spam.split("@")[1], "-p", "bob")
+    assert len(jp.json("roster", "blocked", "-p", "bob")) == 2
+    jp.ok("roster", "unblock", "--all", "-p", "bob")
+    assert jp.json("roster", "blocked", "-p", "bob") == []
+    assert_fails(jp("roster", "unblock", "-p", "bob"), USAGE, "--all")
+    # bookmarks (without autojoin: the daemon would join the room at once)
+    room = f"mark-{uuid.uuid4().hex[:8]}@{server.muc_domain}"
+    jp.ok("bookmarks", "add", room, "-n", "Salle", "--nick", "al")
+
+    def bookmark():
+        return next((m for m in jp.json("bookmarks", "list") if m["room"] == room), None)
+
+    assert bookmark() == {
+        "room": room,
+        "name": "Salle",
+        "nick": "al",
+        "autojoin": False,
+        "has_password": False,
+    }
+    jp.ok("bookmarks", "add", room, "--nick", "ali")  # an update keeps the name
+    assert (bookmark()["name"], bookmark()["nick"]) == ("Salle", "ali")
+    assert f"{room} (Salle)  nick=ali" in jp.ok("bookmarks", "list")
+    jp.ok("bookmarks", "remove", room)
+    assert bookmark() is None
+    assert_fails(jp("bookmarks", "remove", room), NOT_FOUND)
+
+
+def test_vcard_avatar_archive(profiles, tmp_path):
+    jp, a = profiles["jp"], profiles["alice"]
+    jp.ok("vcard", "set", "FN=Alice Test", "EMAIL=alice@example.org", "NOTE=jp")
+    card = jp.json("vcard", "get")
+    assert card["FN"] == "Alice Test" and card["EMAIL"] == ["alice@example.org"]
+    assert jp.json("vcard", "get", a.jid, "-p", "bob")["FN"] == "Alice Test"
+    # a round trip through jq-like editing: what get prints, set takes
+    edited = dict(card, NOTE="edited")
+    jp.ok("vcard", "set", "-", input=json.dumps(edited))
+    assert jp.json("vcard", "get")["NOTE"] == "edited"
+    assert_fails(jp("vcard", "set", "COLOUR=blue"), USAGE, "COLOUR")
+
+    image = tmp_path / "me.png"
+    image.write_bytes(tiny_png())
+    import hashlib
+
+    result = jp.json("avatar", "set", image)
+    assert result["id"] == hashlib.sha1(image.read_bytes()).hexdigest()
+    path = jp.ok("avatar", "get").strip()
+    assert Path(path).read_bytes() == image.read_bytes()
+    assert_fails(jp("avatar", "set", tmp_path / "nope.png"), NOT_FOUND, "no such file")
+
+    # the message archive: a catch-up, then a page of a conversation
+    stats = jp.json("message", "sync")
+    assert stats["archive"] == a.jid and stats["complete"] is True
+    assert "new message(s)" in jp.ok("message", "sync")
+    page = jp.json("message", "archive", profiles["bob"].jid, "-n", 5)
+    assert isinstance(page, list) and len(page) <= 5

@@ -99,9 +99,14 @@ def test_issue_command_tree_is_there():
         "roster list", "roster add", "roster remove", "roster subscribe", "roster block",
         "presence set",
         "message send", "message history", "message search", "message wait", "message listen",
-        "message correct", "message retract", "message react",
+        "message correct", "message retract", "message react", "message moderate",
+        "message state", "message mark", "message sync", "message archive",
         "muc join", "muc leave", "muc list", "muc occupants", "muc invite", "muc config",
+        "muc kick", "muc ban", "muc role", "muc affiliation", "muc affiliations",
+        "muc destroy", "muc subject", "muc nick",
         "bookmarks list", "bookmarks add", "bookmarks remove",
+        "vcard get", "vcard set", "avatar get", "avatar set",
+        "roster unblock", "roster blocked", "roster requests", "presence get",
         "info disco", "info version", "info health",
         "param get", "param set",
         "debug bridge call", "debug monitor",
@@ -197,9 +202,9 @@ def test_exit_codes_are_distinct_and_documented():
 
 def test_one_line():
     assert base.one_line("a\n  b\n\nc ") == "a b c"
-    err = base.unavailable("MUCJoin")
+    err = base.unavailable("MucJoin")
     assert err.code == Exit.UNAVAILABLE
-    assert err.message == "the daemon does not offer MUCJoin (plugin not loaded?)"
+    assert err.message == "the daemon does not offer MucJoin (plugin not loaded?)"
 
 
 def test_unreachable_bus_is_code_6_in_one_line(tmp_path):
@@ -545,44 +550,52 @@ def fake_context(bridge, **options):
 
 
 @asyncio_test(timeout=20)
-async def test_follow_progress_replays_early_signals_and_reports_errors():
-    bridge = FakeBridge({})
-
-    def start_fast(profile, jid, options):
-        # the job finishes before its id comes back: the signals must not be lost
-        bridge.emit("ProgressUpdated", "alice", "job1", 5, 10)
-        bridge.emit("ProgressFinished", "bob", "job1", {"count": 99})  # another profile
-        bridge.emit("ProgressFinished", "alice", "job1", {"count": 10})
-        return "job1"
-
-    bridge.handlers["MAMSync"] = start_fast
-    ctx = fake_context(bridge)
-    result = await ctx.follow_progress(
-        "alice", lambda: ctx.call("MAMSync", "alice", "", {}), "sync"
-    )
-    assert result == {"count": 10}
-    assert all(not cbs for cbs in bridge.callbacks.values())  # unsubscribed
-
+async def test_with_progress_draws_from_matching_signals_and_reports_errors(monkeypatch):
     import asyncio
 
-    def start_failing(profile, jid, options):
-        asyncio.get_running_loop().call_soon(
-            bridge.emit, "ProgressError", "alice", "job2", "server said no"
+    drawn = []
+    monkeypatch.setattr(base.ProgressBar, "update", lambda self, pos, size: drawn.append(pos))
+    bridge = FakeBridge({})
+    stats = {"archive": "alice@x", "stored": 3, "received": 5}
+
+    async def catch_up(profile):
+        bridge.emit("ProgressUpdated", "alice", "mam:alice:alice@x", 2, 5)
+        bridge.emit("ProgressUpdated", "bob", "mam:alice:alice@x", 9, 9)  # another profile
+        bridge.emit("ProgressUpdated", "alice", "upload:1", 7, 9)  # another job
+        bridge.emit("ProgressUpdated", "alice", "mam:alice:alice@x", 5, 5)
+        await asyncio.sleep(0)
+        return stats
+
+    bridge.handlers["MamCatchUp"] = catch_up
+    ctx = fake_context(bridge)
+
+    def run():
+        return ctx.with_progress(
+            "alice",
+            lambda: ctx.call("MamCatchUp", "alice"),
+            lambda pid: pid.startswith("mam:alice:"),
+            "sync",
         )
-        return "job2"
 
-    bridge.handlers["MAMSync"] = start_failing
+    assert await run() == stats
+    assert drawn == [2, 5]
+    assert all(not cbs for cbs in bridge.callbacks.values())  # unsubscribed
+
+    def failing(profile):
+        raise errors.NotFound("alice@x offers no message archive (XEP-0313)")
+
+    bridge.handlers["MamCatchUp"] = failing
+    with pytest.raises(errors.NotFound):
+        await run()
+    assert base.error_to_exit(errors.NotFound("x")).code == Exit.NOT_FOUND
+
+    async def daemon_dies(profile):
+        bridge.bus.owner_lost()
+        await asyncio.sleep(10)
+
+    bridge.handlers["MamCatchUp"] = daemon_dies
     with pytest.raises(JpError) as info:
-        await ctx.follow_progress("alice", lambda: ctx.call("MAMSync", "alice", "", {}), "sync")
-    assert info.value.code == Exit.ERROR and info.value.message == "server said no"
-
-    def start_then_daemon_dies(profile, jid, options):
-        asyncio.get_running_loop().call_soon(bridge.bus.owner_lost)
-        return "job3"
-
-    bridge.handlers["MAMSync"] = start_then_daemon_dies
-    with pytest.raises(JpError) as info:
-        await ctx.follow_progress("alice", lambda: ctx.call("MAMSync", "alice", "", {}), "sync")
+        await run()
     assert info.value.code == Exit.UNREACHABLE
     await ctx.close()
 
@@ -623,9 +636,151 @@ async def test_wait_filters_and_daemon_gone(capsys):
 async def test_call_with_arguments_jp_does_not_expect_is_a_version_mismatch():
     from types import SimpleNamespace
 
-    bridge = FakeBridge({"muc_join": lambda *a: {}})
-    bridge.methods = {"muc_join": SimpleNamespace(arg_names=("profile", "room"))}
+    def info(names, types, out=""):
+        return SimpleNamespace(arg_names=names, arg_signatures=types, out_signature=out)
+
+    bridge = FakeBridge({"MucJoin": lambda *a: {"room": "room@x"}})
     ctx = fake_context(bridge)
-    with pytest.raises(JpError) as info:
+    # what jp expects: goes through
+    bridge.methods = {
+        "muc_join": info(("profile", "room", "nick", "options"), ("s", "s", "s", "a{sv}"), "a{sv}")
+    }
+    assert await ctx.call("MucJoin", "alice", "room@x", "nick", {}) == {"room": "room@x"}
+    # fewer arguments, other types, another return type: refused before sending
+    for wrong in (
+        info(("profile", "room"), ("s", "s"), "a{sv}"),
+        info(("profile", "room", "nick", "password"), ("s", "s", "s", "s"), "a{sv}"),
+        info(("profile", "room", "nick", "options"), ("s", "s", "s", "a{sv}"), "b"),
+    ):
+        bridge.methods = {"muc_join": wrong}
+        with pytest.raises(JpError) as err:
+            await ctx.call("MucJoin", "alice", "room@x", "nick", {})
+        assert err.value.code == Exit.ERROR and err.value.label == "version mismatch"
+        assert "disagree on MucJoin" in err.value.message
+    # a member jp ignores the result of may return something
+    bridge.handlers["MucLeave"] = lambda *a: None
+    bridge.methods = {"muc_leave": info(("profile", "room", "status"), ("s", "s", "s"), "b")}
+    await ctx.call("MucLeave", "alice", "room@x", "")
+    # a member missing from jp's table is a bug of jp, said as such
+    with pytest.raises(JpError, match="not in jp/members.py"):
         await ctx.call("MUCJoin", "alice", "room@x", "nick", {})
-    assert info.value.code == Exit.ERROR and "disagree on MUCJoin" in info.value.message
+    await ctx.close()
+
+
+def _called_members() -> dict[str, list[int]]:
+    """member -> argument counts of every ``ctx.call("Member", ...)`` in jp's modules."""
+    import ast
+
+    found: dict[str, list[int]] = {}
+    for path in JP_DIR.glob("*.py"):
+        for node in ast.walk(ast.parse(path.read_text())):
+            if (
+                isinstance(node, ast.Call)
+                and isinstance(node.func, ast.Attribute)
+                and node.func.attr == "call"
+                and isinstance(node.func.value, ast.Name)
+                and node.func.value.id == "ctx"
+            ):
+                first = node.args[0] if node.args else None
+                assert isinstance(first, ast.Constant), f"{path.name}:{node.lineno}: literal name"
+                found.setdefault(first.value, []).append(len(node.args) - 1)
+    return found
+
+
+def test_every_member_jp_calls_is_declared_with_its_arguments():
+    from sat_frontends.jp.members import MEMBERS, SIGNALS, parse
+
+    called = _called_members()
+    assert set(called) == set(MEMBERS), set(called) ^ set(MEMBERS)
+    for member, counts in called.items():
+        names, types, _out = parse(MEMBERS[member])
+        assert len(names) == len(types) and all(types), member
+        assert set(counts) == {len(names)}, (member, counts, names)
+    for spec in SIGNALS.values():
+        names, types, out = parse(spec)
+        assert out is None and len(names) == len(types)
+    # the names jp guessed before the plugins existed are gone for good
+    for old in ("MUCJoin", "MUCJoinedGet", "BookmarkAdd", "BlockingAdd", "MessageReact", "MAMSync"):
+        assert old not in MEMBERS
+
+
+def test_named_plugin_errors_have_their_exit_codes():
+    for name, code in (
+        ("MucNickConflict", Exit.EXISTS),
+        ("MucBanned", Exit.PERMISSION),
+        ("MucPasswordRequired", Exit.PERMISSION),
+        ("MucRoomNotFound", Exit.NOT_FOUND),
+        ("MucNotJoined", Exit.NOT_FOUND),
+        ("MucNickNotAcceptable", Exit.USAGE),
+        ("MucRoomFull", Exit.ERROR),
+    ):
+        err = base.error_to_exit(errors.from_error_name(f"org.salutatoi.SAT.Error.{name}", "x"))
+        assert err.code == code and name in err.label, name
+
+
+def test_message_line_shows_edits_retractions_and_reactions():
+    msg = {"timestamp": 0, "from": "r@c/alice", "to": "bob@x", "type": "groupchat"}
+    line = base.message_line(
+        {**msg, "body": "Meeting at 11", "extra": {"edits": [{"body": "Meeting at 10"}]}}
+    )
+    assert line.endswith("(groupchat): Meeting at 11 (edited)")
+    line = base.message_line({**msg, "body": "hi", "extra": {"reactions": {"👍": ["a", "b"]}}})
+    assert line.endswith(": hi [👍2]")
+    assert base.message_line({**msg, "extra": {"retracted": {"by": "r@c/alice"}}}).endswith(
+        ": [retracted]"
+    )
+
+
+def test_new_commands_parse():
+    parser = main.build_parser(None)
+    args = parser.parse_args(["message", "send", "room@c", "hi", "--reply-to", "u1"])
+    assert (args.type, args.reply_to) == (None, "u1")
+    args = parser.parse_args(["message", "state", "bob@x", "composing"])
+    assert args.state == "composing"
+    assert parser.parse_args(["message", "mark", "u1"]).marker == "displayed"
+    args = parser.parse_args(["message", "archive", "--room", "r@c", "-n", "100"])
+    assert (args.room, args.limit, args.with_jid) == ("r@c", 100, None)
+    args = parser.parse_args(["muc", "leave", "r@c", "-r", "bye"])
+    assert args.status == "bye"
+    assert parser.parse_args(["muc", "affiliations", "r@c"]).affiliations == []
+    args = parser.parse_args(["muc", "join", "r@c", "--config", "a=true", "--history", "0"])
+    assert (args.config, args.history) == (["a=true"], 0)
+    args = parser.parse_args(["bookmarks", "add", "r@c"])
+    assert (args.autojoin, args.name, args.nick) == (None, None, None)
+    assert parser.parse_args(["bookmarks", "add", "r@c", "--no-autojoin"]).autojoin is False
+    for argv in (
+        ["message", "archive", "-n", "1001"],
+        ["muc", "role", "r@c", "bob", "king"],
+        ["muc", "affiliations", "r@c", "friend"],
+        ["message", "state", "bob@x", "sleeping"],
+    ):
+        with pytest.raises(JpError) as info:
+            parser.parse_args(argv)
+        assert info.value.code == Exit.USAGE, argv
+
+
+def test_vcard_assignments(monkeypatch):
+    import io
+
+    from sat_frontends.jp import cmd_vcard
+
+    parser = main.build_parser({"vcard"})
+
+    def fields(*argv, stdin=""):
+        monkeypatch.setattr(sys, "stdin", io.StringIO(stdin))
+        return cmd_vcard._fields(base.Context(parser.parse_args(["vcard", "set", *argv])))
+
+    assert fields("fn=Alice L", "EMAIL=a@x", "EMAIL=b@x", "NOTE=") == {
+        "FN": "Alice L",
+        "EMAIL": ["a@x", "b@x"],
+        "NOTE": "",
+    }
+    assert fields("TEL=") == {"TEL": []}
+    assert fields("-", stdin='{"FN": "A", "PHOTO_HASH": "ab", "EMAIL": ["a@x"]}') == {
+        "FN": "A",
+        "EMAIL": ["a@x"],
+    }
+    for argv, stdin in ((("FN",), ""), (("FN=a", "FN=b"), ""), (("-",), "[1]"), (("-",), "{")):
+        with pytest.raises(JpError) as info:
+            fields(*argv, stdin=stdin)
+        assert info.value.code == Exit.USAGE, argv
