@@ -58,7 +58,7 @@ FEATURES: dict[str, tuple[str, tuple[str, ...]]] = {
     "blocking_list": ("the block list (XEP-0191 plugin)", ("BlockingList",)),
     # history
     "history_search": ("history search", ("HistorySearch",)),
-    "mam_sync": ("server archive synchronisation (XEP-0313 plugin)", ("MAMSync", "MamSync")),
+    "mam_sync": ("server archive synchronisation (XEP-0313 plugin)", ("MamCatchUp",)),
 }
 
 
