@@ -30,11 +30,14 @@ Usage (from asyncio code; from Twisted code wrap it with
 
 from __future__ import annotations
 
+import array
 import logging
+import socket
 from typing import Any
 
 from dbus_fast import BusType, Message, MessageType, NameFlag, RequestNameReply
 from dbus_fast.aio import MessageBus
+from dbus_fast.aio.message_bus import _MessageWriter
 from dbus_fast.constants import ErrorType, MessageFlag
 from twisted.internet import defer
 from twisted.python.failure import Failure
@@ -114,6 +117,7 @@ class DBusServer:
         else:
             bus = MessageBus(bus_address=self.bus_spec)
         await bus.connect()
+        _make_writer_patient(bus)
         bus.add_message_handler(self._on_message)
         self.bus = bus
         self.bridge.attach(self)
@@ -306,3 +310,55 @@ async def start(bridge: Bridge, bus: str = "session", bus_name: str = BUS_NAME) 
     environment can override as ``SAT_BRIDGE_BUS`` / ``SAT_BRIDGE_BUS_ADDRESS``).
     """
     return await DBusServer(bridge, bus, bus_name).start()
+
+
+class _PatientWriter(_MessageWriter):
+    """dbus-fast's writer, except that a full socket means "wait", not "disconnect".
+
+    dbus-fast 5.2 treats ``BlockingIOError`` (EAGAIN: the socket buffer is full, which
+    happens when the daemon emits a burst of signals faster than dbus-daemon reads them)
+    as a fatal error and drops the whole bus connection: the daemon would stay up but
+    deaf and mute. Here the unsent rest of the message stays queued and writing resumes
+    when the socket is writable again.
+    """
+
+    def write_callback(self, remove_writer: bool = True) -> None:
+        try:
+            while True:
+                if self.buf is None:
+                    if not self.messages:
+                        if remove_writer:
+                            self.loop.remove_writer(self.fd)
+                        return
+                    data, fds, fut = self.messages.popleft()
+                    self.buf, self.unix_fds, self.fut, self.offset = memoryview(data), fds, fut, 0
+                chunk = self.buf[self.offset :]
+                if self.unix_fds and self.negotiate_unix_fd:
+                    rights = [
+                        (socket.SOL_SOCKET, socket.SCM_RIGHTS, array.array("i", self.unix_fds))
+                    ]
+                    self.offset += self.sock.sendmsg([chunk], rights)
+                    self.unix_fds = None
+                else:
+                    self.offset += self.sock.send(chunk)
+                if self.offset < len(self.buf):
+                    self.loop.add_writer(self.fd, self.write_callback)
+                    return
+                self.buf = None
+                if self.fut is not None and not self.fut.done():
+                    self.fut.set_result(None)
+        except BlockingIOError:
+            self.loop.add_writer(self.fd, self.write_callback)
+        except Exception as e:
+            if self.fut is not None and not self.fut.done():
+                if self.bus._user_disconnect:
+                    self.fut.set_result(None)
+                else:
+                    self.fut.set_exception(e)
+            self.bus._finalize(e)
+
+
+def _make_writer_patient(bus: MessageBus) -> None:
+    writer = getattr(bus, "_writer", None)
+    if type(writer) is _MessageWriter:
+        writer.__class__ = _PatientWriter
