@@ -275,3 +275,18 @@ async def test_iq_answer_from_wrong_entity_is_ignored(prosody, make_account, cli
     assert not d.called
     result = await d
     assert result.getAttribute("from") == client.server_jid.full()
+
+
+@pytest_twisted.ensureDeferred
+async def test_nagle_is_off_on_both_kinds_of_tls(prosody, make_account, clients):
+    import socket
+
+    for direct in (False, True):
+        a = make_account("nodelay")
+        port = prosody.direct_tls_port if direct else prosody.c2s_port
+        client = make_client(clients, "nd", a, settings_for(prosody, port=port, direct_tls=direct))
+        await client.connect()
+        transport = client.xmlstream.transport
+        # STARTTLS: the TCP transport itself; direct TLS: a TLS protocol over it
+        sock = getattr(transport, "socket", None) or transport.transport.socket
+        assert sock.getsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY), direct

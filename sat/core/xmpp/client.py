@@ -279,6 +279,7 @@ class SatXMPPClient(subprotocols.StreamManager):
     # --- StreamManager events ------------------------------------------------
 
     def _connected(self, xs):
+        _set_no_delay(xs.transport)
         super()._connected(xs)
 
     def _authd(self, xs):
@@ -416,6 +417,25 @@ class SatXMPPClient(subprotocols.StreamManager):
         if self._reconnect_call is not None and self._reconnect_call.active():
             self._reconnect_call.cancel()
         self._reconnect_call = None
+
+
+def _set_no_delay(transport) -> None:
+    """Disable Nagle on the TCP socket under the stream (through a TLS wrapper if any).
+
+    With Nagle and delayed ACKs, a stanza following an XEP-0198 ``<r/>``/``<a/>`` can wait
+    ~40 ms: interactive latency needs every write sent at once.
+    """
+    for _ in range(3):
+        if transport is None:
+            return
+        setter = getattr(transport, "setTcpNoDelay", None)
+        if setter is not None:
+            try:
+                setter(True)
+            except OSError:
+                pass
+            return
+        transport = getattr(transport, "transport", None)
 
 
 def _same_entity(expected: str | None, sender: str | None, own: jabber_jid.JID) -> bool:
