@@ -166,7 +166,10 @@ def _process_age() -> float | None:
 
 def _default_host_factory(config):
     from sat.core.host import SAT
+    from sat.tools.memory import release_large_blocks
 
+    # the real daemon only (not test stand-ins): give scrypt's 16 MiB back after use
+    release_large_blocks()
     return SAT(config)
 
 
