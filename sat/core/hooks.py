@@ -63,9 +63,12 @@ class Hooks:
 
     async def run(self, point: str, *args) -> bool:
         """Run a point, awaiting async callbacks; False if one stopped the chain."""
-        for entry in list(self._hooks[point]):
+        for entry in tuple(self._hooks[point]):
             try:
                 result = entry.callback(*args)
+                if result is None:
+                    # the common case (run for every message): skip the isinstance checks
+                    continue
                 if isinstance(result, defer.Deferred) or hasattr(result, "__await__"):
                     result = await result
                 if result is STOP:

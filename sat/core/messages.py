@@ -16,6 +16,8 @@ from __future__ import annotations
 
 import functools
 import logging
+import os
+import threading
 import time
 import uuid
 
@@ -32,8 +34,27 @@ MESSAGE_TYPES = ("chat", "groupchat", "normal", "headline")
 MAX_BODY_LENGTH = 100_000
 
 
+_UID_POOL_SIZE = 16 * 512
+_uid_lock = threading.Lock()
+_uid_pool = b""
+_uid_at = 0
+
+
 def new_uid() -> str:
-    return uuid.uuid4().hex
+    """A random UUID4, as 32 hex digits.
+
+    Same randomness as ``uuid.uuid4()`` (``os.urandom``), but drawn 8 KiB at a time:
+    one system call per 512 ids instead of one per id (it showed in the receive loop).
+    """
+    global _uid_pool, _uid_at
+    with _uid_lock:
+        at = _uid_at
+        if at >= len(_uid_pool):
+            _uid_pool = os.urandom(_UID_POOL_SIZE)
+            at = 0
+        _uid_at = at + 16
+        chunk = _uid_pool[at : at + 16]
+    return uuid.UUID(bytes=chunk, version=4).hex
 
 
 @functools.lru_cache(maxsize=8192)
@@ -180,7 +201,7 @@ class MessageHandling:
         if len(body) > MAX_BODY_LENGTH:
             raise errors.InvalidArgument(f"message body longer than {MAX_BODY_LENGTH} characters")
         try:
-            recipient = jabber_jid.JID(to)
+            recipient = parse_jid(to)
         except jabber_jid.InvalidFormat:
             raise errors.InvalidArgument(f"{to!r} is not a valid JID") from None
         msg_type = extra.pop("type", "chat")

@@ -47,6 +47,7 @@ from twisted.words.xish import domish
 from wokkel import generic
 
 from sat.core import errors
+from sat.core.messages import parse_jid
 from sat.memory.params import ParamDef
 
 log = logging.getLogger(__name__)
@@ -350,7 +351,7 @@ class PresenceHandling:
         if sender is None:
             return True
         try:
-            entity = jabber_jid.JID(sender)
+            entity = parse_jid(sender)
         except jabber_jid.InvalidFormat:
             return False
         return entity.resource is None and entity.userhost() == client.jid.userhost()
@@ -632,7 +633,7 @@ class PresenceHandling:
 
     def _handle_presence(self, client, elt: domish.Element) -> None:
         try:
-            entity = jabber_jid.JID(elt["from"])
+            entity = parse_jid(elt["from"])
         except (KeyError, jabber_jid.InvalidFormat):
             log.debug("[%s] presence without a valid sender ignored", client.profile)
             return

@@ -134,7 +134,9 @@ class ProfileManager:
     async def set_secret(self, name: str, secret_name: str, value: str) -> None:
         await self.ensure_exists(name)
         SecretsFilter.register(value)
-        blob = self._key(name).encrypt(value.encode(), associated=associated_data(name, secret_name))
+        blob = self._key(name).encrypt(
+            value.encode(), associated=associated_data(name, secret_name)
+        )
         await self.storage.secret_set(name, secret_name, blob)
 
     async def get_secret(self, name: str, secret_name: str) -> str:

@@ -36,6 +36,16 @@ Why a dedicated thread rather than a one-thread
 The thread is a daemon thread: if the process exits without :meth:`close`,
 it dies like a killed process would, which is safe (see below).
 
+Group commit: :meth:`Storage.history_add` calls that arrive while the
+database thread is busy are written together in one transaction (one commit
+for a burst of received messages instead of one each); every caller still
+gets its own duplicate/new result, only once the row is committed, and a
+failing row makes the batch fall back to one transaction per row. Jobs keep
+their submission order. Parameters read with :meth:`Storage.param_get` are
+cached in memory (hooks read some for every message); every write through
+this class (``param_set``, ``param_delete``, ``profile_delete``) clears the
+cache.
+
 Durability: WAL with ``synchronous=NORMAL``
 -------------------------------------------
 In WAL mode a commit appends the transaction's pages and a commit frame to
@@ -375,12 +385,23 @@ class Storage:
         self._profile_ids: dict[str, int] = {}  # idem
         self._state = "new"  # new -> open -> closed
         self._shutdown_trigger = None
+        # group commit of history_add (see _history_add_group): the batch still open to
+        # new rows, shared by the reactor and the database thread under _add_lock
+        self._add_lock = threading.Lock()
+        self._add_batch: list | None = None
+        # param_get cache, reactor thread only: (category, name, profile) -> stored value
+        self._param_cache: dict[tuple[str, str, str | None], str | None] = {}
+        self._param_generation = 0
 
     # -- plumbing
 
     def _submit(self, func: Callable, *args, **kwargs) -> defer.Deferred:
         if self._state != "open" or self._db is None:
             raise StorageError(f"storage {self.path} is {self._state}, not open")
+        if self._add_batch is not None:
+            # later history_add calls go after this job (keeps submission order)
+            with self._add_lock:
+                self._add_batch = None
         return self._db.submit(self._guarded, func, *args, **kwargs)
 
     def _guarded(self, func: Callable, *args, **kwargs):
@@ -605,7 +626,11 @@ class Storage:
             if cur.rowcount == 0:
                 raise NotFound(f"unknown profile {name!r}")
 
-        await self._call_write(run)
+        self._params_changed()
+        try:
+            await self._call_write(run)
+        finally:
+            self._params_changed()
 
     async def profiles_list(self) -> list[str]:
         """Names of all profiles, sorted."""
@@ -637,6 +662,15 @@ class Storage:
         category = _check_name(category, "category")
         name = _check_name(name, "name")
         profile = _check_optional_profile(profile)
+        key = (category, name, profile)
+        try:
+            value = self._param_cache[key]
+        except KeyError:
+            pass
+        else:
+            # served from memory: hooks read some params for every message
+            return default if value is None else value
+        generation = self._param_generation
 
         def run():
             cond, args = self._scope(profile)
@@ -644,9 +678,17 @@ class Storage:
                 f"SELECT value FROM params WHERE {cond} AND category = ? AND name = ?",
                 (*args, category, name),
             ).fetchone()
-            return default if row is None else row[0]
+            return None if row is None else row[0]
 
-        return await self._call(run)
+        value = await self._call(run)
+        if generation == self._param_generation:
+            self._param_cache[key] = value
+        return default if value is None else value
+
+    def _params_changed(self) -> None:
+        """Forget cached params (after a write; results of reads in flight are not cached)."""
+        self._param_generation += 1
+        self._param_cache.clear()
 
     async def param_set(
         self, category: str, name: str, value: str | None, profile: str | None = None
@@ -673,7 +715,11 @@ class Storage:
                     (self._profile_id(profile), category, name, value),
                 )
 
-        await self._call_write(run)
+        self._params_changed()
+        try:
+            await self._call_write(run)
+        finally:
+            self._params_changed()
 
     async def params_get_all(self, profile: str | None = None) -> dict[tuple[str, str], str]:
         """All general (profile None) or per-profile settings: {(category, name): value}."""
@@ -702,7 +748,11 @@ class Storage:
             )
             return cur.rowcount > 0
 
-        return await self._call_write(run)
+        self._params_changed()
+        try:
+            return await self._call_write(run)
+        finally:
+            self._params_changed()
 
     # -- secrets
 
@@ -839,12 +889,77 @@ class Storage:
         """
         profile = _check_name(profile, "profile")
         row = _message_row(message)
+        if self._state != "open" or self._db is None:
+            raise StorageError(f"storage {self.path} is {self._state}, not open")
+        d = defer.Deferred()
+        with self._add_lock:
+            batch = self._add_batch
+            if batch is None:
+                batch = self._add_batch = []
+                first = True
+            else:
+                first = False
+            batch.append((profile, row, d))
+        if first:
+            done = self._db.submit(self._guarded, self._history_add_group, batch)
+            done.addCallbacks(
+                self._history_add_fan_out, self._history_add_fail, (batch,), None, (batch,), None
+            )
+        return await d
 
-        def run():
-            cur = self._conn.execute(_HISTORY_INSERT, (self._profile_id(profile), *row))
-            return cur.rowcount > 0
+    # Group commit: history_add calls arriving while the database thread is busy join
+    # the batch that is still open (queued, not yet started), and the whole batch is written
+    # in one transaction, each caller getting its own result once the COMMIT is done. The
+    # batch closes when the database thread starts it, or when another job is submitted (so
+    # jobs still run in submission order). If any row fails, the batch is rolled back and
+    # every row is written again in its own transaction, so one bad row loses no other.
 
-        return await self._call_write(run)
+    def _history_add_group(self, batch: list) -> list:
+        """On the database thread: write a batch; one result (bool or exception) per row."""
+        with self._add_lock:
+            if self._add_batch is batch:
+                self._add_batch = None
+        conn = self._conn
+        execute = conn.execute
+        if len(batch) > 1:
+            try:
+                results = self._write(
+                    lambda: [
+                        execute(_HISTORY_INSERT, (self._profile_id(profile), *row)).rowcount > 0
+                        for profile, row, _ in batch
+                    ]
+                )
+            except Exception:
+                pass  # retried row by row below
+            else:
+                return results
+        # one row (the usual case when messages come one at a time), or the retry of a
+        # failed batch: each INSERT on its own is one transaction (autocommit: the row and
+        # its FTS entry are committed when execute returns), one statement instead of three
+        results = []
+        for profile, row, _ in batch:
+
+            def one(profile=profile, row=row):
+                return execute(_HISTORY_INSERT, (self._profile_id(profile), *row)).rowcount > 0
+
+            try:
+                results.append(self._guarded(one))
+            except Exception as exc:
+                results.append(exc)
+        return results
+
+    @staticmethod
+    def _history_add_fan_out(results: list, batch: list) -> None:
+        for (_, _, d), result in zip(batch, results, strict=True):
+            if isinstance(result, BaseException):
+                d.errback(Failure(result))
+            else:
+                d.callback(result)
+
+    @staticmethod
+    def _history_add_fail(failure: Failure, batch: list) -> None:
+        for _, _, d in batch:
+            d.errback(failure)
 
     async def history_add_many(self, profile: str, messages: Iterable[dict]) -> int:
         """Store a batch of messages in one transaction; return how many were new.

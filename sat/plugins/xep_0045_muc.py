@@ -88,6 +88,7 @@ from sat.core import (
     hooks,
     wokkel_compat,  # noqa: F401  (sat/__init__ loads it before wokkel)
 )
+from sat.core.messages import parse_jid
 from sat.core.plugin import Plugin
 from sat.memory.config import register_option, register_section
 
@@ -603,11 +604,15 @@ class MucPlugin(Plugin):
         return [r for r in self.rooms(client) if r.state == "joined"]
 
     def get_room(self, client, room_jid) -> Room | None:
+        rooms = self._rooms.get(client.profile)
+        if not rooms:
+            # the common case for every one-to-one message: no JID to parse
+            return None
         try:
             bare = self._room_jid(room_jid).userhost()
         except errors.InvalidArgument:
             return None
-        return self._rooms.get(client.profile, {}).get(bare)
+        return rooms.get(bare)
 
     def is_joined(self, client, room_jid) -> bool:
         room = self.get_room(client, room_jid)
@@ -628,7 +633,7 @@ class MucPlugin(Plugin):
             entity = room
         else:
             try:
-                entity = jabber_jid.JID(str(room).strip())
+                entity = parse_jid(str(room).strip())
             except (jabber_jid.InvalidFormat, UnicodeError, ValueError):
                 raise errors.InvalidArgument(f"{room!r} is not a valid room JID") from None
         if not entity.user or entity.resource:
@@ -940,7 +945,7 @@ class MucPlugin(Plugin):
         if not sender_attr:
             return
         try:
-            sender = jabber_jid.JID(sender_attr)
+            sender = parse_jid(sender_attr)
         except (jabber_jid.InvalidFormat, UnicodeError, ValueError):
             return
         room = self._rooms.get(client.profile, {}).get(sender.userhost())
@@ -1197,7 +1202,7 @@ class MucPlugin(Plugin):
 
     def _on_message_received(self, client, elt: domish.Element, data: dict):
         try:
-            sender = jabber_jid.JID(elt.getAttribute("from") or "")
+            sender = parse_jid(elt.getAttribute("from") or "")
         except (jabber_jid.InvalidFormat, UnicodeError, ValueError):
             return None
         room = self._rooms.get(client.profile, {}).get(sender.userhost())
@@ -1288,7 +1293,7 @@ class MucPlugin(Plugin):
 
     def on_message_error(self, client, elt: domish.Element) -> None:
         try:
-            sender = jabber_jid.JID(elt.getAttribute("from") or "")
+            sender = parse_jid(elt.getAttribute("from") or "")
         except (jabber_jid.InvalidFormat, UnicodeError, ValueError):
             return
         room = self._rooms.get(client.profile, {}).get(sender.userhost())
@@ -1327,7 +1332,7 @@ class MucPlugin(Plugin):
 
     def _on_message_send(self, client, elt: domish.Element, data: dict):
         try:
-            recipient = jabber_jid.JID(elt.getAttribute("to") or "")
+            recipient = parse_jid(elt.getAttribute("to") or "")
         except (jabber_jid.InvalidFormat, UnicodeError, ValueError):
             return None
         room = self._rooms.get(client.profile, {}).get(recipient.userhost())
@@ -1460,9 +1465,9 @@ class MucPlugin(Plugin):
     def _entity(self, room: Room, who: str) -> str:
         occupant = room.occupants.get(who)
         if occupant is not None and occupant.jid:
-            return jabber_jid.JID(occupant.jid).userhost()
+            return parse_jid(occupant.jid).userhost()
         try:
-            entity = jabber_jid.JID(who)
+            entity = parse_jid(who)
         except (jabber_jid.InvalidFormat, UnicodeError, ValueError):
             raise errors.InvalidArgument(f"{who!r} is neither a JID nor a known nick") from None
         if entity.host == room.jid.host and entity.user == room.jid.user:

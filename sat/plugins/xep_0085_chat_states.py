@@ -36,7 +36,7 @@ from wokkel.subprotocols import XMPPHandler
 from zope.interface import implementer
 
 from sat.core import errors
-from sat.core.messages import new_uid
+from sat.core.messages import new_uid, parse_jid
 from sat.core.plugin import Plugin
 from sat.memory.params import ParamDef
 from sat.plugins.xep_0184_receipts import _within, peer_supports
@@ -207,7 +207,7 @@ class ChatStatesPlugin(Plugin):
         if state not in STATES:
             raise errors.InvalidArgument(f"unknown chat state {state!r}: one of {STATES}")
         try:
-            entity = jabber_jid.JID(to)
+            entity = parse_jid(to)
         except (jabber_jid.InvalidFormat, TypeError):
             raise errors.InvalidArgument(f"{to!r} is not a valid JID") from None
         if not entity.user:

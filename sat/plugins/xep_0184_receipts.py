@@ -46,7 +46,7 @@ from wokkel.subprotocols import XMPPHandler
 from zope.interface import implementer
 
 from sat.core import errors
-from sat.core.messages import new_uid
+from sat.core.messages import new_uid, parse_jid
 from sat.core.plugin import Plugin
 from sat.memory.params import ParamDef
 
@@ -121,7 +121,7 @@ async def peer_supports(host, client, entity: str, feature: str, wait: float = D
     client answering disco with an error does not support the feature.
     """
     try:
-        parsed = jabber_jid.JID(entity)
+        parsed = parse_jid(entity)
     except (jabber_jid.InvalidFormat, TypeError):
         return False
     if not parsed.resource:
@@ -146,7 +146,7 @@ async def peer_supports(host, client, entity: str, feature: str, wait: float = D
 def presence_authorized(client, entity: str) -> bool:
     """True if ``entity`` may see our presence (RFC 6121 subscription from/both, or us)."""
     try:
-        bare = jabber_jid.JID(entity).userhost()
+        bare = parse_jid(entity).userhost()
     except (jabber_jid.InvalidFormat, TypeError):
         return False
     if bare == client.jid.userhost():

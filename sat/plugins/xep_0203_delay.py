@@ -32,6 +32,7 @@ import re
 from twisted.words.protocols.jabber import jid as jabber_jid
 from twisted.words.xish import domish
 
+from sat.core.messages import parse_jid
 from sat.core.plugin import Plugin
 
 log = logging.getLogger(__name__)
@@ -78,7 +79,7 @@ def parse_datetime(text: str | None) -> float | None:
 def _bare(value: str | None) -> tuple[str, str] | None:
     """(bare, full) of a JID string, None if invalid."""
     try:
-        parsed = jabber_jid.JID(value)
+        parsed = parse_jid(value)
     except (jabber_jid.InvalidFormat, TypeError):
         return None
     return parsed.userhost(), parsed.full()

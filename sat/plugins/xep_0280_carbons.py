@@ -27,6 +27,7 @@ from twisted.words.xish import domish
 from wokkel import generic
 
 from sat.core import hooks
+from sat.core.messages import parse_jid
 from sat.core.plugin import Plugin
 
 log = logging.getLogger(__name__)
@@ -64,7 +65,7 @@ def _jid(value: str | None) -> jabber_jid.JID | None:
     if not value:
         return None
     try:
-        return jabber_jid.JID(value)
+        return parse_jid(value)
     except (jabber_jid.InvalidFormat, TypeError):
         return None
 
@@ -115,7 +116,9 @@ class CarbonsPlugin(Plugin):
 
     # --- receiving -------------------------------------------------------------------
 
-    async def _on_received(self, client, elt: domish.Element, data: dict):
+    def _on_received(self, client, elt: domish.Element, data: dict):
+        # synchronous until a copy is found: it runs for every message and most are not
+        # copies (a coroutine per message showed in the receive loop)
         wrapper = None
         direction = None
         for child in elt.elements():
@@ -168,6 +171,9 @@ class CarbonsPlugin(Plugin):
         elif inner_from is None:
             log.warning("[%s] received carbon without sender dropped", client.profile)
             return hooks.STOP
+        return self._receive_copy(client, inner, direction)
+
+    async def _receive_copy(self, client, inner: domish.Element, direction: str):
         await self.host.messages.received(client, inner, extra={"carbon": direction})
         return hooks.STOP
 

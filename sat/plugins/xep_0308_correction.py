@@ -58,14 +58,13 @@ from collections import OrderedDict
 from collections.abc import Callable
 from dataclasses import dataclass
 
-from twisted.words.protocols.jabber import jid as jabber_jid
 from twisted.words.xish import domish
 from wokkel import disco, iwokkel
 from wokkel.subprotocols import XMPPHandler
 from zope.interface import implementer
 
 from sat.core import errors, hooks
-from sat.core.messages import MAX_BODY_LENGTH, new_uid
+from sat.core.messages import MAX_BODY_LENGTH, new_uid, parse_jid
 from sat.core.plugin import Plugin
 
 log = logging.getLogger(__name__)
@@ -739,7 +738,7 @@ class EditingPlugin(Plugin):
         if body is not None:
             elt.addElement("body", content=body)
         build(elt)
-        recipient = jabber_jid.JID(to)
+        recipient = parse_jid(to)
         data = {
             "uid": elt["id"],
             "timestamp": time.time(),

@@ -98,7 +98,7 @@ from sat.core import (
     errors,
     wokkel_compat,  # noqa: F401  (sat/__init__ loads it before wokkel)
 )
-from sat.core.messages import parse_message, signal_data
+from sat.core.messages import parse_jid, parse_message, signal_data
 from sat.core.plugin import Plugin
 from sat.memory.config import register_option, register_section
 from sat.plugins.xep_0059_rsm import RSMRequest, parse_response
@@ -229,7 +229,7 @@ def _first_child(parent: domish.Element, uri: str, name: str) -> domish.Element 
 def _bare(value: str | jabber_jid.JID) -> str:
     if isinstance(value, jabber_jid.JID):
         return value.userhost()
-    return jabber_jid.JID(value).userhost()
+    return parse_jid(value).userhost()
 
 
 def build_query(
@@ -287,7 +287,7 @@ class _Query:
         if sender == self.archive:
             return True
         try:
-            return jabber_jid.JID(sender).full() == self.archive or (
+            return parse_jid(sender).full() == self.archive or (
                 self.own_archive and sender == own_bare
             )
         except jabber_jid.InvalidFormat:

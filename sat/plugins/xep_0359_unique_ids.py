@@ -39,6 +39,7 @@ from wokkel import disco, iwokkel
 from wokkel.subprotocols import XMPPHandler
 from zope.interface import implementer
 
+from sat.core.messages import parse_jid
 from sat.core.plugin import Plugin
 
 log = logging.getLogger(__name__)
@@ -77,7 +78,7 @@ def stanza_ids_of(elt: domish.Element) -> list[tuple[str, str]]:
         if not valid_id(value) or not by:
             continue
         try:
-            by_jid = jabber_jid.JID(by)
+            by_jid = parse_jid(by)
         except (jabber_jid.InvalidFormat, TypeError):
             continue
         if by_jid.resource:
@@ -144,7 +145,9 @@ class UniqueIdsPlugin(Plugin):
             log.info("[%s] cannot tell if %s stamps stanza-ids: %s", client.profile, entity, e)
             return False
 
-    async def _on_received(self, client, elt: domish.Element, data: dict) -> None:
+    def _on_received(self, client, elt: domish.Element, data: dict):
+        # synchronous unless there is a stanza-id to check (a coroutine per message showed
+        # in the receive loop)
         extra = data["extra"]
         msg_id = elt.getAttribute("id")
         if valid_id(msg_id) and "message_id" not in extra:
@@ -171,6 +174,9 @@ class UniqueIdsPlugin(Plugin):
                     elt.getAttribute("from"),
                 )
             return
+        return self._check_stanza_id(client, data, trusted_by, matching[0])
+
+    async def _check_stanza_id(self, client, data: dict, trusted_by: str, stanza_id: str):
         if not await self.supports_sid(client, trusted_by):
             log.info(
                 "[%s] stanza-id by %s ignored: %s does not announce %s",
@@ -180,7 +186,7 @@ class UniqueIdsPlugin(Plugin):
                 NS_SID,
             )
             return
-        data["stanza_id"] = matching[0]
+        data["stanza_id"] = stanza_id
         data["stanza_id_by"] = trusted_by
 
 

@@ -20,8 +20,13 @@ REPO_ROOT = Path(__file__).resolve().parents[2]
 
 
 class SatDaemon:
-    def __init__(self, workdir: str | Path, bus_address: str, ca_file: str | Path | None = None,
-                 extra_config: str = ""):
+    def __init__(
+        self,
+        workdir: str | Path,
+        bus_address: str,
+        ca_file: str | Path | None = None,
+        extra_config: str = "",
+    ):
         self.workdir = Path(workdir)
         self.workdir.mkdir(parents=True, exist_ok=True)
         self.bus_address = bus_address
@@ -109,7 +114,9 @@ class SatDaemon:
         text = ""
         for path in (self.log_path, self.workdir / "stderr.log"):
             if path.exists():
-                text += f"--- {path.name}\n" + "\n".join(
-                    path.read_text(errors="replace").splitlines()[-lines:]
-                ) + "\n"
+                text += (
+                    f"--- {path.name}\n"
+                    + "\n".join(path.read_text(errors="replace").splitlines()[-lines:])
+                    + "\n"
+                )
         return text

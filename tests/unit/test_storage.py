@@ -724,3 +724,80 @@ async def test_search_window_bounds_ranking_of_common_words(tmp_path):
     results = await st.history_search("louise", "pluie", limit=50)
     assert len(results) == 21 and results[0]["uid"] == "old-best"
     await st.close()
+
+
+# --- group commit of history_add, param cache ------------------------------------------
+
+
+@pytest_twisted.ensureDeferred
+async def test_history_add_group_commit(storage):
+    """Concurrent history_add calls share transactions; each gets its own result."""
+    from twisted.internet import defer
+
+    commits = []
+
+    def trace(statement):
+        if statement == "COMMIT":
+            commits.append(statement)
+
+    await storage._call(lambda: storage._conn.set_trace_callback(trace))
+    calls = [storage.history_add("louise", msg(f"m{i}", uid=f"u{i}")) for i in range(50)]
+    calls.append(storage.history_add("louise", msg("dup", uid="u3")))
+    results = await defer.gatherResults([defer.ensureDeferred(c) for c in calls])
+    await storage._call(lambda: storage._conn.set_trace_callback(None))
+    assert results == [True] * 50 + [False]
+    assert len(commits) < 50
+    assert await storage.history_count("louise") == 50
+
+
+@pytest_twisted.ensureDeferred
+async def test_history_add_group_one_failure_loses_no_other(storage):
+    from twisted.internet import defer
+
+    calls = [defer.ensureDeferred(storage.history_add("louise", msg("a", uid="a")))]
+    calls.append(defer.ensureDeferred(storage.history_add("nobody", msg("b", uid="b"))))
+    calls.append(defer.ensureDeferred(storage.history_add("louise", msg("c", uid="c"))))
+    outcomes = await defer.DeferredList(calls, consumeErrors=True)
+    assert outcomes[0] == (True, True)
+    assert outcomes[2] == (True, True)
+    assert not outcomes[1][0] and outcomes[1][1].check(NotFound)
+    assert await storage.history_count("louise") == 2
+
+
+@pytest_twisted.ensureDeferred
+async def test_history_add_keeps_submission_order(storage):
+    """A history_add issued after another job is written after it."""
+    from twisted.internet import defer
+
+    first = defer.ensureDeferred(storage.history_add("louise", msg("a", uid="x")))
+    delete = defer.ensureDeferred(storage.history_delete("louise", "x"))
+    again = defer.ensureDeferred(storage.history_add("louise", msg("a2", uid="x")))
+    assert await first
+    await delete
+    assert await again
+    assert await storage.history_count("louise") == 1
+
+
+@pytest_twisted.ensureDeferred
+async def test_param_get_is_cached_and_invalidated(storage):
+    assert await storage.param_get("privacy", "x", profile="louise") is None
+    reads = []
+
+    def trace(statement):
+        if "FROM params" in statement:
+            reads.append(statement)
+
+    await storage._call(lambda: storage._conn.set_trace_callback(trace))
+    assert await storage.param_get("privacy", "x", profile="louise", default="d") == "d"
+    assert not reads
+    await storage.param_set("privacy", "x", "on", profile="louise")
+    assert await storage.param_get("privacy", "x", profile="louise") == "on"
+    assert await storage.param_get("privacy", "x", profile="louise") == "on"
+    assert len(reads) == 1
+    assert await storage.param_delete("privacy", "x", profile="louise")
+    assert await storage.param_get("privacy", "x", profile="louise") is None
+    await storage.param_set("privacy", "x", "on", profile="louise")
+    await storage.profile_delete("louise")
+    await storage.profile_create("louise")
+    assert await storage.param_get("privacy", "x", profile="louise") is None
+    await storage._call(lambda: storage._conn.set_trace_callback(None))
