@@ -116,20 +116,8 @@ class Method:
 
         Raises InvalidArgument naming the faulty argument.
         """
-        if len(args) != len(self.args):
-            raise errors.InvalidArgument(
-                f"{self.name} takes {len(self.args)} argument(s) "
-                f"({', '.join(a.name for a in self.args) or 'none'}), got {len(args)}"
-            )
-        wire = []
-        for arg, value in zip(self.args, args, strict=True):
-            try:
-                wire.append(arg.to_wire(value))
-            except bt.WireTypeError as e:
-                raise errors.InvalidArgument(
-                    f"{self.name}: argument {arg.name!r} ({arg.signature}): {e}"
-                ) from None
-        return wire
+        names = ", ".join(a.name for a in self.args) or "none"
+        return _args_to_wire(self.name, f"argument(s) ({names})", self.args, args)
 
     def run(self, wire_args: Sequence[Any]) -> Any:
         """Call the handler with wire arguments (variants are unwrapped first).
@@ -159,6 +147,21 @@ class Method:
             ) from None
 
 
+def _args_to_wire(label: str, expected: str, decl: Sequence[Arg], values: Sequence[Any]) -> list:
+    """Wire form of ``values`` checked against declared ``decl``; InvalidArgument otherwise."""
+    if len(values) != len(decl):
+        raise errors.InvalidArgument(f"{label} takes {len(decl)} {expected}, got {len(values)}")
+    wire = []
+    for arg, value in zip(decl, values, strict=True):
+        try:
+            wire.append(arg.to_wire(value))
+        except bt.WireTypeError as e:
+            raise errors.InvalidArgument(
+                f"{label}: argument {arg.name!r} ({arg.signature}): {e}"
+            ) from None
+    return wire
+
+
 @dataclass(frozen=True)
 class Signal:
     """A declared signal."""
@@ -175,19 +178,7 @@ class Signal:
         return INTERFACES[self.interface]
 
     def check_args(self, args: Sequence[Any]) -> list:
-        if len(args) != len(self.args):
-            raise errors.InvalidArgument(
-                f"signal {self.name} takes {len(self.args)} argument(s), got {len(args)}"
-            )
-        wire = []
-        for arg, value in zip(self.args, args, strict=True):
-            try:
-                wire.append(arg.to_wire(value))
-            except bt.WireTypeError as e:
-                raise errors.InvalidArgument(
-                    f"signal {self.name}: argument {arg.name!r} ({arg.signature}): {e}"
-                ) from None
-        return wire
+        return _args_to_wire(f"signal {self.name}", "argument(s)", self.args, args)
 
 
 class BridgeListener(Protocol):

@@ -1295,6 +1295,25 @@ class Storage:
 
         return await self._call(run)
 
+    def _merge_extra(self, profile: str, uid: str, updates: dict) -> tuple[int, dict, str | None]:
+        """(storage thread) Row id, merged ``extra`` and its JSON text for a stored message.
+
+        A key whose new value is None is removed. NotFound if the message is unknown.
+        """
+        pid = self._profile_id(profile)
+        row = self._conn.execute(
+            "SELECT id, extra FROM history WHERE profile_id = ? AND uid = ?", (pid, uid)
+        ).fetchone()
+        if row is None:
+            raise NotFound(f"no message with uid {uid!r} in profile {profile!r}")
+        extra = json.loads(row[1]) if row[1] else {}
+        for key, value in updates.items():
+            if value is None:
+                extra.pop(key, None)
+            else:
+                extra[key] = value
+        return row[0], extra, (_to_json(extra, "extra") if extra else None)
+
     async def history_update_extra(self, profile: str, uid: str, extra_updates: dict) -> dict:
         """Merge ``extra_updates`` into a message's ``extra``; return the new extra.
 
@@ -1307,20 +1326,8 @@ class Storage:
         _to_json(extra_updates, "extra_updates")
 
         def run():
-            pid = self._profile_id(profile)
-            row = self._conn.execute(
-                "SELECT id, extra FROM history WHERE profile_id = ? AND uid = ?", (pid, uid)
-            ).fetchone()
-            if row is None:
-                raise NotFound(f"no message with uid {uid!r} in profile {profile!r}")
-            extra = json.loads(row[1]) if row[1] else {}
-            for key, value in extra_updates.items():
-                if value is None:
-                    extra.pop(key, None)
-                else:
-                    extra[key] = value
-            text = _to_json(extra, "extra") if extra else None
-            self._conn.execute("UPDATE history SET extra = ? WHERE id = ?", (text, row[0]))
+            row_id, extra, text = self._merge_extra(profile, uid, extra_updates)
+            self._conn.execute("UPDATE history SET extra = ? WHERE id = ?", (text, row_id))
             return extra
 
         return await self._call_write(run)
@@ -1456,24 +1463,12 @@ class Storage:
         columns = ", ".join(HISTORY_FIELDS)
 
         def run():
-            pid = self._profile_id(profile)
-            row = self._conn.execute(
-                "SELECT id, extra FROM history WHERE profile_id = ? AND uid = ?", (pid, uid)
-            ).fetchone()
-            if row is None:
-                raise NotFound(f"no message with uid {uid!r} in profile {profile!r}")
-            extra = json.loads(row[1]) if row[1] else {}
-            for key, value in extra_updates.items():
-                if value is None:
-                    extra.pop(key, None)
-                else:
-                    extra[key] = value
-            text = _to_json(extra, "extra") if extra else None
+            row_id, extra, text = self._merge_extra(profile, uid, extra_updates)
             self._conn.execute(
-                "UPDATE history SET body = ?, extra = ? WHERE id = ?", (body, text, row[0])
+                "UPDATE history SET body = ?, extra = ? WHERE id = ?", (body, text, row_id)
             )
             return self._conn.execute(
-                f"SELECT {columns} FROM history WHERE id = ?", (row[0],)
+                f"SELECT {columns} FROM history WHERE id = ?", (row_id,)
             ).fetchone()
 
         return _message_dict(await self._call_write(run))
