@@ -9,12 +9,19 @@
   same three accounts.
 - ``make_prosody``: ``make_prosody(**ProsodyServer kwargs) -> ProsodyServer`` (started), for
   tests needing another configuration (SHA-1 hashes, SQL storage, minimal modules...).
+- ``sat_daemon``: the real SàT daemon (a subprocess, :class:`tests.support.daemon.SatDaemon`) on
+  a private dbus-daemon, trusting the CA of ``prosody``.
+- ``make_sat_daemon``: ``make_sat_daemon(server=None, extra_config="") -> SatDaemon`` (started),
+  each on its own private bus and trusting ``server``'s CA (default: ``prosody``); all are
+  stopped after the test.
 
-When a test using one of these servers fails, the tail of Prosody's log is attached to the report.
+When a test using one of these servers or daemons fails, the tail of their logs is attached to
+the report.
 """
 
 from __future__ import annotations
 
+import contextlib
 import itertools
 import os
 import uuid
@@ -23,6 +30,7 @@ from pathlib import Path
 
 import pytest
 
+from tests.support.daemon import SatDaemon, sat_daemon_on_private_bus
 from tests.support.prosody import PROSODY_BIN, Account, ProsodyServer
 
 DEFAULT_ACCOUNTS = (
@@ -40,25 +48,29 @@ def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
             item.add_marker(pytest.mark.integration)
 
 
-def _servers_of(item: pytest.Item) -> list[ProsodyServer]:
-    servers = []
+def _logs_of(item: pytest.Item) -> list[tuple[str, ProsodyServer | SatDaemon, int]]:
+    """(title, server or daemon, lines) for each Prosody and SàT daemon the test used."""
+    found: list[tuple[str, ProsodyServer | SatDaemon, int]] = []
     for value in getattr(item, "funcargs", {}).values():
-        if isinstance(value, ProsodyServer):
-            servers.append(value)
+        servers = [value] if isinstance(value, ProsodyServer) else []
         servers.extend(getattr(value, "prosody_servers", ()))
-    return servers
+        daemons = [value] if isinstance(value, SatDaemon) else []
+        daemons.extend(getattr(value, "sat_daemons", ()))
+        found.extend(("Prosody log", server, 60) for server in servers)
+        found.extend(("SàT daemon log", daemon, 150) for daemon in daemons)
+    return found
 
 
 @pytest.hookimpl(wrapper=True)
 def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo[None]):
-    """Attach the tail of Prosody's log to failed tests that used a server."""
+    """Attach the tail of Prosody's and the daemon's logs to failed tests that used them."""
     report = yield
     if report.failed and report.when in ("setup", "call"):
         seen = set()
-        for server in _servers_of(item):
-            if id(server) not in seen:
-                seen.add(id(server))
-                report.sections.append((f"Prosody log ({server.workdir})", server.log_tail(60)))
+        for title, source, lines in _logs_of(item):
+            if id(source) not in seen:
+                seen.add(id(source))
+                report.sections.append((f"{title} ({source.workdir})", source.log_tail(lines)))
     return report
 
 
@@ -144,16 +156,32 @@ def make_account(request: pytest.FixtureRequest) -> Callable[..., Account]:
 
 
 @pytest.fixture
-def sat_daemon(tmp_path: Path, prosody: ProsodyServer):
-    """The real SàT daemon (a subprocess) on a private dbus-daemon, trusting the test CA."""
-    from tests.support.daemon import SatDaemon
-    from tests.support.dbus import DBusDaemon
+def make_sat_daemon(
+    tmp_path: Path, request: pytest.FixtureRequest
+) -> Iterator[Callable[..., SatDaemon]]:
+    """Factory of started SàT daemons, each on its own private bus; all stopped afterwards.
 
-    with DBusDaemon(tmp_path / "dbus") as bus:
-        daemon = SatDaemon(tmp_path / "daemon", bus.address, prosody.ca_cert_path)
-        daemon.start()
-        try:
-            yield daemon
-        finally:
-            if daemon.process is not None:
-                daemon.stop()
+    ``make_sat_daemon(server=None, extra_config="")``: the daemon trusts ``server``'s CA (the
+    session ``prosody`` by default). The first one lives in ``tmp_path/daemon``.
+    """
+    daemons: list[SatDaemon] = []
+    with contextlib.ExitStack() as stack:
+
+        def factory(server: ProsodyServer | None = None, extra_config: str = "") -> SatDaemon:
+            if server is None:
+                server = request.getfixturevalue("prosody")
+            workdir = tmp_path if not daemons else tmp_path / f"sat-{len(daemons) + 1}"
+            daemon = stack.enter_context(
+                sat_daemon_on_private_bus(workdir, server.ca_cert_path, extra_config)
+            )
+            daemons.append(daemon)
+            return daemon
+
+        factory.sat_daemons = daemons  # type: ignore[attr-defined]  (read by the report hook)
+        yield factory
+
+
+@pytest.fixture
+def sat_daemon(make_sat_daemon: Callable[..., SatDaemon], prosody: ProsodyServer) -> SatDaemon:
+    """The real SàT daemon (a subprocess) on a private dbus-daemon, trusting the test CA."""
+    return make_sat_daemon(prosody)

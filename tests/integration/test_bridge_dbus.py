@@ -38,8 +38,10 @@ from tests.support.dbus import (
     DBusDaemon,
     asyncio_test,
     declare_test_api,
+    gdbus_call_command,
     run_sync,
 )
+from tests.support.waiting import eventually
 
 # fixtures (the lead may move them into a conftest)
 dbus_bus = dbus_support.dbus_bus
@@ -74,11 +76,8 @@ def client(request):
 
 
 async def wait_for(predicate, timeout=5.0):
-    deadline = time.monotonic() + timeout
-    while not predicate():
-        if time.monotonic() > deadline:
-            raise AssertionError("condition not met in time")
-        await asyncio.sleep(0.01)
+    """Until ``predicate()`` holds (checked every 10 ms)."""
+    await eventually(predicate, timeout, interval=0.01)
 
 
 async def raw_bus(address: str) -> MessageBus:
@@ -395,23 +394,14 @@ def test_busctl_introspect(dbus_bus_module, backend):
 
 @pytest.mark.skipif(not shutil.which("gdbus"), reason="gdbus (libglib2.0-bin) is not installed")
 def test_gdbus_call_and_introspect(dbus_bus_module, backend):
-    base = [
-        "gdbus",
-        "call",
-        "--address",
-        dbus_bus_module.address,
-        "--dest",
-        BUS_NAME,
-        "--object-path",
-        OBJECT_PATH,
-        "--method",
-    ]
-    assert run_tool(*base, f"{CORE}.Echo", "hello").strip() == "('hello',)"
-    assert run_tool(*base, f"{CORE}.Concat", "ab", "2", "+").strip() == "('ab+ab',)"
-    out = run_tool(*base, f"{PLUGIN}.SlowAsync", "0.1")
+    address = dbus_bus_module.address
+    call = gdbus_call_command
+    assert run_tool(*call(address, f"{CORE}.Echo", "hello")).strip() == "('hello',)"
+    assert run_tool(*call(address, f"{CORE}.Concat", "ab", "2", "+")).strip() == "('ab+ab',)"
+    out = run_tool(*call(address, f"{PLUGIN}.SlowAsync", "0.1"))
     assert "'style': <'async'>" in out
     failed = subprocess.run(
-        [*base, f"{CORE}.Fail", "NotFound", "no such thing"],
+        call(address, f"{CORE}.Fail", "NotFound", "no such thing"),
         capture_output=True,
         text=True,
         timeout=20,
@@ -616,19 +606,7 @@ def test_system_policy_members_only():
         )
         config = system_like_config(workdir / "bus.sock", policy)
         with DBusDaemon(workdir, config=config) as bus, BackendProcess(bus.address):
-            call = [
-                "gdbus",
-                "call",
-                "--address",
-                bus.address,
-                "--dest",
-                BUS_NAME,
-                "--object-path",
-                OBJECT_PATH,
-                "--method",
-                f"{CORE}.Echo",
-                "hi",
-            ]
+            call = gdbus_call_command(bus.address, f"{CORE}.Echo", "hi")
             member = as_user(65534, *call)  # nobody, group nogroup
             assert member.returncode == 0, member.stderr
             assert member.stdout.strip() == "('hi',)"

@@ -13,45 +13,27 @@ import random
 import subprocess
 import time
 
-import pytest
 from dbus_fast import Message, MessageType, Variant
 from dbus_fast.aio import MessageBus
 
-from tests.support.dbus import asyncio_test
+from tests.support.dbus import asyncio_test, gdbus_call_command
 
 DEST = "org.salutatoi.SAT"
 PATH = "/org/salutatoi/SAT/bridge"
 CORE = "org.salutatoi.SAT.core"
 
 
-@pytest.fixture
-def daemon(sat_daemon):
-    return sat_daemon
-
-
 def gdbus_call(address: str, method: str, *args: str, check: bool = True):
-    cmd = [
-        "gdbus",
-        "call",
-        "--address",
-        address,
-        "--dest",
-        DEST,
-        "--object-path",
-        PATH,
-        "--method",
-        f"{CORE}.{method}",
-        *args,
-    ]
+    cmd = gdbus_call_command(address, f"{CORE}.{method}", *args)
     result = subprocess.run(cmd, capture_output=True, text=True, timeout=60)
     if check and result.returncode != 0:
         raise AssertionError(f"{' '.join(cmd)} failed: {result.stderr}")
     return result
 
 
-def test_busctl_lists_documented_members(daemon):
+def test_busctl_lists_documented_members(sat_daemon):
     out = subprocess.run(
-        ["busctl", f"--address={daemon.bus_address}", "introspect", DEST, PATH],
+        ["busctl", f"--address={sat_daemon.bus_address}", "introspect", DEST, PATH],
         capture_output=True,
         text=True,
         timeout=30,
@@ -67,7 +49,14 @@ def test_busctl_lists_documented_members(daemon):
     ):
         assert member in out, out
     xml = subprocess.run(
-        ["busctl", f"--address={daemon.bus_address}", "introspect", "--xml-interface", DEST, PATH],
+        [
+            "busctl",
+            f"--address={sat_daemon.bus_address}",
+            "introspect",
+            "--xml-interface",
+            DEST,
+            PATH,
+        ],
         capture_output=True,
         text=True,
         timeout=30,
@@ -78,9 +67,9 @@ def test_busctl_lists_documented_members(daemon):
     assert "recipient JID" in xml  # argument docs too
 
 
-def test_gdbus_profile_connect_message_and_monitor(daemon, prosody, make_account):
+def test_gdbus_profile_connect_message_and_monitor(sat_daemon, prosody, make_account):
     a, b = make_account("g-alice"), make_account("g-bob")
-    addr = daemon.bus_address
+    addr = sat_daemon.bus_address
     options = f"{{'host': <'127.0.0.1'>, 'port': <{prosody.c2s_port}>}}"
     gdbus_call(addr, "ProfileCreate", "alice", a.jid, a.password, "", options)
     gdbus_call(addr, "ProfileCreate", "bob", b.jid, b.password, "", options)
@@ -116,8 +105,8 @@ def test_gdbus_profile_connect_message_and_monitor(daemon, prosody, make_account
     assert "seen by gdbus monitor" in history
 
 
-def test_wrong_calls_get_named_errors(daemon):
-    addr = daemon.bus_address
+def test_wrong_calls_get_named_errors(sat_daemon):
+    addr = sat_daemon.bus_address
     r = gdbus_call(addr, "ProfileConnect", "nobody", "", check=False)
     assert r.returncode != 0 and "org.salutatoi.SAT.Error.NotFound" in r.stderr
     r = gdbus_call(addr, "ProfileCreate", "bad name!", "x@localhost", "p", "", "{}", check=False)
@@ -131,8 +120,8 @@ def test_wrong_calls_get_named_errors(daemon):
 
 
 @asyncio_test(timeout=120)
-async def test_daemon_survives_a_thousand_bad_calls(daemon):
-    bus = await MessageBus(bus_address=daemon.bus_address).connect()
+async def test_daemon_survives_a_thousand_bad_calls(sat_daemon):
+    bus = await MessageBus(bus_address=sat_daemon.bus_address).connect()
     rng = random.Random(42)
     methods = [
         "ProfileConnect",
@@ -195,4 +184,4 @@ async def test_daemon_survives_a_thousand_bad_calls(daemon):
         assert ready.message_type is MessageType.METHOD_RETURN and ready.body == [True]
     finally:
         bus.disconnect()
-    assert daemon.process.poll() is None
+    assert sat_daemon.process.poll() is None

@@ -9,120 +9,30 @@ from __future__ import annotations
 
 import asyncio
 import base64
-import contextlib
-import gc
 import hashlib
-import struct
-import threading
-import time
-import zlib
-from collections.abc import Callable
-from typing import Any
 
 import pytest
 
 from sat_frontends.bridge import errors as bridge_errors
-from sat_frontends.bridge.dbus_client import DBusBridgeClient
-from tests.support.dbus import asyncio_test
-
-SIGNALS = (
-    "ContactNew",
-    "ContactDeleted",
-    "SubscriptionEvent",
-    "PresenceUpdate",
-    "MessageNew",
-    "BlockingChanged",
-    "AvatarUpdated",
+from tests.support.bridge_helpers import (
+    CONTACT_SIGNALS,
+    available,
+    befriend_profiles,
+    open_bridge,
+    open_session,
 )
+from tests.support.dbus import asyncio_test
+from tests.support.images import png
+from tests.support.slix_peer import SlixPeer
+from tests.support.waiting import eventually
+
+SIGNALS = ("MessageNew", *CONTACT_SIGNALS)
+TIMEOUT = 15.0
 
 
-def png(seed: int, size: int = 8) -> bytes:
-    def chunk(tag, data):
-        return (
-            struct.pack(">I", len(data))
-            + tag
-            + data
-            + struct.pack(">I", zlib.crc32(tag + data) & 0xFFFFFFFF)
-        )
-
-    raw = b"".join(b"\x00" + bytes([seed % 256, (seed * 7) % 256, 90]) * size for _ in range(size))
-    return (
-        b"\x89PNG\r\n\x1a\n"
-        + chunk(b"IHDR", struct.pack(">IIBBBBB", size, size, 8, 2, 0, 0, 0))
-        + chunk(b"IDAT", zlib.compress(raw))
-        + chunk(b"IEND", b"")
-    )
-
-
-class Signals:
-    """Records the daemon's signals; ``wait`` polls for one matching a predicate."""
-
-    def __init__(self, bridge: DBusBridgeClient):
-        self.events: list[tuple[str, tuple]] = []
-        for name in SIGNALS:
-            bridge.on(name, lambda *args, n=name: self.events.append((n, args)))
-
-    def matching(self, name: str, pred: Callable[..., bool] = lambda *a: True) -> list[tuple]:
-        return [args for n, args in self.events if n == name and pred(*args)]
-
-    async def wait(self, name: str, pred: Callable[..., bool] = lambda *a: True, timeout=15.0):
-        deadline = time.monotonic() + timeout
-        while True:
-            found = self.matching(name, pred)
-            if found:
-                return found[0]
-            if time.monotonic() > deadline:
-                recent = [e for e in self.events if e[0] == name][-10:]
-                raise AssertionError(f"no matching {name} signal within {timeout} s; got {recent}")
-            await asyncio.sleep(0.05)
-
-
-async def until(check: Callable[[], Any], timeout: float = 15.0, what: str = "condition"):
-    deadline = time.monotonic() + timeout
-    while True:
-        result = check()
-        if asyncio.iscoroutine(result):
-            result = await result
-        if result:
-            return result
-        if time.monotonic() > deadline:
-            raise AssertionError(f"{what} not reached within {timeout} s")
-        await asyncio.sleep(0.05)
-
-
-async def setup(daemon, prosody, *accounts):
-    bridge = await DBusBridgeClient.connect(daemon.bus_address, wait=10, timeout=30)
-    signals = Signals(bridge)
-    for name, account in accounts:
-        await bridge.profile_create(
-            name,
-            account.jid,
-            account.password,
-            "",
-            {"host": "127.0.0.1", "port": prosody.c2s_port},
-        )
-        assert await bridge.profile_connect(name, "")
-    return bridge, signals
-
-
-def online(signals: Signals, profile: str, bare: str):
-    """Predicate args for a PresenceUpdate telling ``bare`` is available to ``profile``."""
-    return lambda p, entity, show, *rest: (
-        p == profile and entity.split("/")[0] == bare and show != "unavailable"
-    )
-
-
-async def befriend(bridge, signals, a: tuple[str, str], b: tuple[str, str]):
-    """Mutual subscription between profiles a and b, each (profile, bare JID)."""
-    (pa, ja), (pb, jb) = a, b
-    await bridge.call("SubscriptionSend", pa, jb, "subscribe")
-    await signals.wait("SubscriptionEvent", lambda p, e, t, x: (p, e, t) == (pb, ja, "subscribe"))
-    await bridge.call("SubscriptionSend", pb, ja, "subscribed")
-    await bridge.call("SubscriptionSend", pb, ja, "subscribe")
-    await signals.wait("SubscriptionEvent", lambda p, e, t, x: (p, e, t) == (pa, jb, "subscribe"))
-    await bridge.call("SubscriptionSend", pa, jb, "subscribed")
-    await signals.wait("PresenceUpdate", online(signals, pa, jb))
-    await signals.wait("PresenceUpdate", online(signals, pb, ja))
+async def setup(daemon, server, accounts: dict):
+    """A bridge client recording the contact signals, and ``accounts`` connected."""
+    return await open_session(daemon, server, accounts, SIGNALS, timeout=TIMEOUT)
 
 
 # ------------------------------------------------------------------ daemon <-> daemon
@@ -131,7 +41,7 @@ async def befriend(bridge, signals, a: tuple[str, str], b: tuple[str, str]):
 @asyncio_test(timeout=120)
 async def test_subscription_roster_edit_and_cache(sat_daemon, prosody, make_account):
     a, b = make_account("c-alice"), make_account("c-bob")
-    bridge, signals = await setup(sat_daemon, prosody, ("alice", a), ("bob", b))
+    bridge, signals = await setup(sat_daemon, prosody, {"alice": a, "bob": b})
     try:
         # alice adds bob, then asks for his presence
         await bridge.roster_add("alice", b.jid, "Bob", ["Friends", "Verona"])
@@ -145,7 +55,7 @@ async def test_subscription_roster_edit_and_cache(sat_daemon, prosody, make_acco
         # never accepted by itself: the request waits for bob
         await asyncio.sleep(0.5)
         assert [r["jid"] for r in await bridge.subscription_requests_get("bob")] == [a.jid]
-        assert not signals.matching("PresenceUpdate", online(signals, "alice", b.jid))
+        assert not signals.matching("PresenceUpdate", available("alice", b.jid))
         assert signals.matching(
             "ContactNew",
             lambda p, j, attrs: (p, j) == ("alice", b.jid) and attrs["ask"] == "subscribe",
@@ -155,7 +65,7 @@ async def test_subscription_roster_edit_and_cache(sat_daemon, prosody, make_acco
         await signals.wait(
             "SubscriptionEvent", lambda p, e, t, x: (p, e, t) == ("alice", b.jid, "subscribed")
         )
-        await signals.wait("PresenceUpdate", online(signals, "alice", b.jid))
+        await signals.wait("PresenceUpdate", available("alice", b.jid))
         assert await bridge.subscription_requests_get("bob") == []
         # and the other way round
         await bridge.subscription_send("bob", a.jid, "subscribe")
@@ -163,7 +73,7 @@ async def test_subscription_roster_edit_and_cache(sat_daemon, prosody, make_acco
             "SubscriptionEvent", lambda p, e, t, x: (p, e, t) == ("alice", b.jid, "subscribe")
         )
         await bridge.subscription_send("alice", b.jid, "subscribed")
-        await signals.wait("PresenceUpdate", online(signals, "bob", a.jid))
+        await signals.wait("PresenceUpdate", available("bob", a.jid))
         await signals.wait(
             "ContactNew",
             lambda p, j, attrs: (p, j) == ("alice", b.jid) and attrs["subscription"] == "both",
@@ -196,8 +106,9 @@ async def test_subscription_roster_edit_and_cache(sat_daemon, prosody, make_acco
             (b.jid, "Robert", ["Work"])
         ]
         await bridge.profile_connect("alice", "")
-        await until(
+        await eventually(
             lambda: "roster unchanged (version" in sat_daemon.log_path.read_text(),
+            TIMEOUT,
             what="a versioned roster request answered 'unchanged'",
         )
         assert [c["jid"] for c in await bridge.roster_get("alice")] == [b.jid]
@@ -217,7 +128,7 @@ async def test_subscription_roster_edit_and_cache(sat_daemon, prosody, make_acco
 @asyncio_test(timeout=120)
 async def test_deny_and_block(sat_daemon, prosody, make_account):
     a, b = make_account("b-alice"), make_account("b-bob")
-    bridge, signals = await setup(sat_daemon, prosody, ("alice", a), ("bob", b))
+    bridge, signals = await setup(sat_daemon, prosody, {"alice": a, "bob": b})
     try:
         # a denied request gives no presence
         await bridge.subscription_send("alice", b.jid, "subscribe")
@@ -255,9 +166,9 @@ async def test_deny_and_block(sat_daemon, prosody, make_account):
 @asyncio_test(timeout=120)
 async def test_vcard_and_avatar_between_profiles(sat_daemon, prosody, make_account, tmp_path):
     a, b = make_account("v-alice"), make_account("v-bob")
-    bridge, signals = await setup(sat_daemon, prosody, ("alice", a), ("bob", b))
+    bridge, signals = await setup(sat_daemon, prosody, {"alice": a, "bob": b})
     try:
-        await befriend(bridge, signals, ("alice", a.jid), ("bob", b.jid))
+        await befriend_profiles(bridge, signals, ("alice", a.jid), ("bob", b.jid))
         fields = {
             "FN": "Alice Liddell",
             "NICKNAME": "alice",
@@ -300,7 +211,7 @@ async def test_vcard_and_avatar_between_profiles(sat_daemon, prosody, make_accou
         await bridge.close()
         sat_daemon.stop()
         sat_daemon.start()
-        bridge = await DBusBridgeClient.connect(sat_daemon.bus_address, wait=10, timeout=30)
+        bridge = await open_bridge(sat_daemon)
         assert await bridge.avatar_get("bob", a.jid) == str(cached)
         assert (await bridge.call("VCardGet", "bob", a.jid))["FN"] == "Alice Liddell"
     finally:
@@ -310,88 +221,27 @@ async def test_vcard_and_avatar_between_profiles(sat_daemon, prosody, make_accou
 # ------------------------------------------------------------------ slixmpp as the other party
 
 
-class SlixPeer:
-    """A slixmpp client on its own event loop in a thread; ``run`` schedules coroutines there."""
-
-    def __init__(self, server, account):
-        self.server = server
-        self.account = account
-        self.loop = asyncio.new_event_loop()
-        self.thread = threading.Thread(target=self.loop.run_forever, daemon=True, name="slix")
-        self.requests: list[str] = []
-        self.subscribed: list[str] = []
-        self.presences: list[tuple[str, str]] = []
-        self.xmpp = None
-
-    async def run(self, coro_factory, timeout: float = 20.0):
-        future = asyncio.run_coroutine_threadsafe(
-            asyncio.wait_for(coro_factory(), timeout), self.loop
-        )
-        return await asyncio.wrap_future(future)
-
-    async def start(self):
-        self.thread.start()
-        await self.run(self._connect)
-
-    async def _connect(self):
-        import slixmpp
-
-        xmpp = slixmpp.ClientXMPP(self.account.jid + "/slix", self.account.password)
-        xmpp.enable_direct_tls = False
-        xmpp.enable_starttls = True
-        xmpp.enable_plaintext = False
-        xmpp.ca_certs = self.server.ca_cert_path
-        for plugin in ("xep_0030", "xep_0054", "xep_0060", "xep_0084", "xep_0163"):
-            xmpp.register_plugin(plugin)
-        xmpp.auto_authorize = None  # subscription requests are answered by the test
-        xmpp.auto_subscribe = False
-        xmpp.add_event_handler(
-            "roster_subscription_request", lambda p: self.requests.append(p["from"].bare)
-        )
-        xmpp.add_event_handler(
-            "presence_subscribed", lambda p: self.subscribed.append(p["from"].bare)
-        )
-        xmpp.add_event_handler(
-            "presence_available", lambda p: self.presences.append((p["from"].bare, p["show"]))
-        )
-        self.xmpp = xmpp
-        started = asyncio.ensure_future(xmpp.wait_until("session_start", timeout=15))
-        xmpp.connect(self.server.host, self.server.c2s_port)
-        await started
-        await xmpp.get_roster()
-        xmpp.send_presence()
-
-    async def stop(self):
-        if self.xmpp is not None:
-            with contextlib.suppress(Exception):
-                await self.run(lambda: self.xmpp.disconnect(wait=1.0), timeout=5)
-
-        def cancel_all():
-            for task in asyncio.all_tasks(self.loop):
-                task.cancel()
-
-        if self.thread.is_alive():
-            self.loop.call_soon_threadsafe(cancel_all)
-            await asyncio.sleep(0.3)  # let the cancelled tasks finish on their loop
-            self.loop.call_soon_threadsafe(self.loop.stop)
-            self.thread.join(5)
-        # let slixmpp's objects go while their loop is still open, then close it
-        self.xmpp = None
-        gc.collect()
-        if not self.thread.is_alive():
-            self.loop.close()
-
-
 @asyncio_test(timeout=150)
 async def test_slixmpp_subscription_vcard_and_avatar(sat_daemon, prosody, make_account, tmp_path):
     a, c = make_account("s-alice"), make_account("s-carol")
-    bridge, signals = await setup(sat_daemon, prosody, ("alice", a))
-    peer = SlixPeer(prosody, c)
+    bridge, signals = await setup(sat_daemon, prosody, {"alice": a})
+    # on its own loop in a thread: everything touching peer.xmpp goes through peer.run
+    peer = SlixPeer(
+        prosody,
+        c,
+        plugins=("xep_0030", "xep_0054", "xep_0060", "xep_0084", "xep_0163"),
+        record=("roster_subscription_request", "presence_subscribed", "presence_available"),
+        # subscription requests are answered by the test
+        options={"auto_authorize": None, "auto_subscribe": False},
+        own_loop=True,
+    )
     try:
-        await peer.start()
+        await peer.connect(timeout=15, roster=True)
         # we ask, slixmpp approves
         await bridge.subscription_send("alice", c.jid, "subscribe")
-        await until(lambda: a.jid in peer.requests, what="slixmpp got our request")
+        await peer.wait_event(
+            "roster_subscription_request", lambda p: p["from"].bare == a.jid, TIMEOUT
+        )
 
         async def approve_and_ask():
             peer.xmpp.send_presence(pto=a.jid, ptype="subscribed")
@@ -402,16 +252,14 @@ async def test_slixmpp_subscription_vcard_and_avatar(sat_daemon, prosody, make_a
         await signals.wait(
             "SubscriptionEvent", lambda p, e, t, x: (p, e, t) == ("alice", c.jid, "subscribed")
         )
-        await signals.wait("PresenceUpdate", online(signals, "alice", c.jid))
+        await signals.wait("PresenceUpdate", available("alice", c.jid))
         # slixmpp asks, we approve
         await signals.wait(
             "SubscriptionEvent", lambda p, e, t, x: (p, e, t) == ("alice", c.jid, "subscribe")
         )
         await bridge.subscription_send("alice", c.jid, "subscribed")
-        await until(lambda: a.jid in peer.subscribed, what="slixmpp approved")
-        await until(
-            lambda: any(j == a.jid for j, _ in peer.presences), what="slixmpp sees our presence"
-        )
+        await peer.wait_event("presence_subscribed", lambda p: p["from"].bare == a.jid, TIMEOUT)
+        await peer.wait_event("presence_available", lambda p: p["from"].bare == a.jid, TIMEOUT)
 
         # slixmpp publishes a vCard and a PEP avatar: we get both
         image = png(seed=7, size=12)
@@ -460,5 +308,5 @@ async def test_slixmpp_subscription_vcard_and_avatar(sat_daemon, prosody, make_a
         assert hashlib.sha1(binval).hexdigest() == alice_id
         assert base64.b64decode(data_b64) == mine
     finally:
-        await peer.stop()
+        await peer.close()
         await bridge.close()

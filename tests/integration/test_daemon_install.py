@@ -25,12 +25,12 @@ import signal
 import socket
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import pytest
 
 from tests.support.dbus import DBusDaemon
+from tests.support.waiting import poll
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 SYSTEMD_DIR = REPO_ROOT / "misc" / "systemd"
@@ -219,14 +219,6 @@ def name_owned(address: str, name: str = BUS_NAME) -> bool:
     return "boolean true" in result.stdout
 
 
-def wait_for(predicate, timeout: float = 30.0, what: str = "condition") -> None:
-    deadline = time.monotonic() + timeout
-    while not predicate():
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out waiting for {what}")
-        time.sleep(0.02)
-
-
 def stop_process(proc: subprocess.Popen, sig: int = signal.SIGTERM, timeout: float = 30) -> str:
     """Signal a process we started (by its pid), wait for it, return its output."""
     if proc.poll() is None:
@@ -304,8 +296,11 @@ def test_twistd_runs_the_daemon(daemon, reactor_args):
         ]
     )
     try:
-        wait_for(
-            lambda: daemon.ready_file.exists() or proc.poll() is not None, what="the ready file"
+        poll(
+            lambda: daemon.ready_file.exists() or proc.poll() is not None,
+            "the ready file",
+            30,
+            interval=0.02,
         )
         assert proc.poll() is None, proc.stdout.read().decode()
         assert daemon.ready_file.read_text().strip() == str(proc.pid)
@@ -404,7 +399,7 @@ def test_restart_and_stale_pid_file(daemon):
 
     # a daemon killed hard leaves its files: status says so, start takes over
     os.kill(second, signal.SIGKILL)
-    wait_for(lambda: not _alive(second), what="the killed daemon to vanish")
+    poll(lambda: not _alive(second), "the killed daemon to vanish", 30, interval=0.02)
     status = daemon.run("status")
     assert status.returncode == 1 and "gone" in status.stdout
     result = daemon.run("start")

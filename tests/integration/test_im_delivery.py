@@ -14,170 +14,45 @@ drives), like the D-Bus client.
 
 from __future__ import annotations
 
-import asyncio
-import contextlib
 import uuid
 import xml.etree.ElementTree as ET
 
-import pytest
-
-from sat_frontends.bridge.dbus_client import DBusBridgeClient
-from tests.support.daemon import SatDaemon
-from tests.support.dbus import asyncio_test, dbus_bus  # noqa: F401  (fixture)
+from tests.support.bridge_helpers import (
+    MESSAGE_SIGNALS,
+    SignalRecorder,
+    create_profile,
+    history,
+    open_bridge,
+)
+from tests.support.dbus import asyncio_test
+from tests.support.slix_peer import SlixPeer, befriend_accounts
 
 NS_RECEIPTS = "urn:xmpp:receipts"
 NS_CARBONS = "urn:xmpp:carbons:2"
 NS_FORWARD = "urn:xmpp:forward:0"
 NS_CLIENT = "jabber:client"
-TIMEOUT = 10
+SIGNALS = (*MESSAGE_SIGNALS, "PresenceUpdate")
 
 
-@pytest.fixture
-def daemon(tmp_path, dbus_bus, prosody):  # noqa: F811
-    d = SatDaemon(tmp_path / "daemon", dbus_bus.address, prosody.ca_cert_path)
-    d.start()
-    yield d
-    if d.process is not None:
-        d.stop()
-    # shown by pytest only when the test failed ("Captured stdout teardown")
-    print(d.log_tail(150))
-
-
-class Slix:
-    """A slixmpp client of the test Prosody, on the running asyncio loop."""
-
-    def __init__(self, server, account, resource="slix", plugins=("xep_0030", "xep_0184")):
-        import slixmpp
-
-        self.server = server
-        self.xmpp = slixmpp.ClientXMPP(f"{account.jid}/{resource}", account.password)
-        self.xmpp.enable_direct_tls = False
-        self.xmpp.enable_starttls = True
-        self.xmpp.enable_plaintext = False
-        self.xmpp.ca_certs = server.ca_cert_path
-        for plugin in plugins:
-            self.xmpp.register_plugin(plugin)
-        self.messages: asyncio.Queue = asyncio.Queue()
-        self.receipts: asyncio.Queue = asyncio.Queue()
-        self.xmpp.add_event_handler("message", self.messages.put_nowait)
-        self.xmpp.add_event_handler("receipt_received", self.receipts.put_nowait)
-
-    async def connect(self):
-        started = asyncio.ensure_future(self.xmpp.wait_until("session_start", timeout=TIMEOUT))
-        self.xmpp.connect(self.server.host, self.server.c2s_port)
-        await started
-        self.xmpp.send_presence()
-        await self.xmpp.get_roster()
-
-    async def disconnect(self):
-        with contextlib.suppress(Exception):
-            await self.xmpp.disconnect(wait=1.0)
-
-    def send_raw(self, xml: str):
-        self.xmpp.send_raw(xml)
-
-
-async def befriend(server, first, second):
-    """Mutual presence subscription between two accounts (slixmpp helper resources)."""
-    a = Slix(server, first, "helper", plugins=())
-    b = Slix(server, second, "helper", plugins=())
-    await asyncio.gather(a.connect(), b.connect())
-    try:
-        a.xmpp.send_presence(pto=second.jid, ptype="subscribe")
-        b.xmpp.send_presence(pto=first.jid, ptype="subscribe")
-        for _ in range(100):
-            if (
-                a.xmpp.client_roster[second.jid]["subscription"] == "both"
-                and b.xmpp.client_roster[first.jid]["subscription"] == "both"
-            ):
-                return
-            await asyncio.sleep(0.05)
-        raise AssertionError("the mutual subscription did not complete")
-    finally:
-        await asyncio.gather(a.disconnect(), b.disconnect())
-
-
-class Signals:
-    """Records the daemon's signals; ``wait`` for one matching a predicate."""
-
-    def __init__(self, bridge):
-        self.events: list[tuple] = []
-        self._changed = asyncio.Event()
-        for name in ("MessageNew", "MessageUpdate", "ChatStateReceived", "PresenceUpdate"):
-            bridge.on(name, lambda *args, n=name: self._add(n, args))
-
-    def _add(self, name, args):
-        self.events.append((name, *args))
-        self._changed.set()
-
-    def of(self, name, profile=None):
-        return [e[1:] for e in self.events if e[0] == name and profile in (None, e[1])]
-
-    async def presence(self, profile, entity, timeout=TIMEOUT):
-        """Wait until ``profile`` saw an available presence of ``entity`` (bare or full)."""
-        return await self.wait(
-            "PresenceUpdate",
-            lambda p, e, show, *rest: (
-                p == profile
-                and show != "unavailable"
-                and (e == entity or e.startswith(entity + "/"))
-            ),
-            timeout,
-        )
-
-    async def wait(self, name, predicate=lambda *a: True, timeout=TIMEOUT):
-        loop = asyncio.get_running_loop()
-        deadline = loop.time() + timeout
-        while True:
-            for event in self.events:
-                if event[0] == name and predicate(*event[1:]):
-                    return event[1:]
-            remaining = deadline - loop.time()
-            if remaining <= 0:
-                raise AssertionError(f"no {name} signal matched within {timeout} s")
-            self._changed.clear()
-            with contextlib.suppress(asyncio.TimeoutError):
-                await asyncio.wait_for(self._changed.wait(), remaining)
-
-
-async def open_bridge(daemon) -> DBusBridgeClient:
-    return await DBusBridgeClient.connect(daemon.bus_address, wait=10, timeout=30)
-
-
-async def add_profile(bridge, name, account, server, **options):
-    options = {"host": "127.0.0.1", "port": server.c2s_port, **options}
-    await bridge.profile_create(name, account.jid, account.password, "", options)
-
-
-async def history_of(bridge, profile, with_jid):
-    return await bridge.history_get(profile, with_jid, 100, {})
-
-
-async def eventually(check, timeout=TIMEOUT):
-    """Poll an async check until it returns a truthy value."""
-    loop = asyncio.get_running_loop()
-    deadline = loop.time() + timeout
-    while True:
-        result = await check()
-        if result:
-            return result
-        if loop.time() > deadline:
-            raise AssertionError("condition not met in time")
-        await asyncio.sleep(0.05)
+def slix_peer(server, account, plugins=("xep_0030", "xep_0184")) -> SlixPeer:
+    """slixmpp as ``account``/slix on the test's loop, recording messages and receipts."""
+    return SlixPeer(server, account, plugins=plugins, record=("message", "receipt_received"))
 
 
 # --- two daemon profiles ----------------------------------------------------------------
 
 
 @asyncio_test(timeout=90)
-async def test_receipts_markers_and_chat_states_between_two_profiles(daemon, prosody, make_account):
+async def test_receipts_markers_and_chat_states_between_two_profiles(
+    sat_daemon, prosody, make_account
+):
     a, b = make_account("rcpt-alice"), make_account("rcpt-bob")
-    await befriend(prosody, a, b)
-    bridge = await open_bridge(daemon)
-    signals = Signals(bridge)
+    await befriend_accounts(prosody, a, b)
+    bridge = await open_bridge(sat_daemon)
+    signals = SignalRecorder(bridge, SIGNALS)
     try:
-        await add_profile(bridge, "alice", a, prosody)
-        await add_profile(bridge, "bob", b, prosody)
+        await create_profile(bridge, "alice", a, prosody)
+        await create_profile(bridge, "bob", b, prosody)
         await bridge.profile_connect("alice", "")
         await bridge.profile_connect("bob", "")
         # each saw the other's initial presence: both sessions are fully set up
@@ -199,7 +74,7 @@ async def test_receipts_markers_and_chat_states_between_two_profiles(daemon, pro
             "MessageUpdate", lambda p, u, k, d: p == "alice" and u == uid and k == "receipt"
         )
         assert data["delivery"] == "received"
-        (sent,) = await history_of(bridge, "alice", b.jid)
+        (sent,) = await history(bridge, "alice", b.jid)
         assert sent["uid"] == uid and sent["extra"]["delivery"] == "received"
         assert sent["extra"]["receipt_requested"] is True
 
@@ -223,12 +98,12 @@ async def test_receipts_markers_and_chat_states_between_two_profiles(daemon, pro
                 "MessageUpdate",
                 lambda p, u, k, d, m=marked: p == "alice" and u == m and k == "marker",
             )
-        history = await history_of(bridge, "alice", b.jid)
-        assert [m["extra"].get("marker") for m in history] == ["displayed", "displayed"]
-        bob_side = await history_of(bridge, "bob", a.jid)
+        alice_side = await history(bridge, "alice", b.jid)
+        assert [m["extra"].get("marker") for m in alice_side] == ["displayed", "displayed"]
+        bob_side = await history(bridge, "bob", a.jid)
         assert [m["extra"].get("marker_sent") for m in bob_side] == ["displayed", "displayed"]
         # state-only messages and acks were not stored
-        assert len(bob_side) == 2 and len(history) == 2
+        assert len(bob_side) == 2 and len(alice_side) == 2
     finally:
         await bridge.close()
 
@@ -237,15 +112,15 @@ async def test_receipts_markers_and_chat_states_between_two_profiles(daemon, pro
 
 
 @asyncio_test(timeout=90)
-async def test_carbons_between_two_resources_of_one_account(daemon, prosody, make_account):
+async def test_carbons_between_two_resources_of_one_account(sat_daemon, prosody, make_account):
     c, d = make_account("carb-me"), make_account("carb-friend")
-    await befriend(prosody, c, d)
-    bridge = await open_bridge(daemon)
-    signals = Signals(bridge)
+    await befriend_accounts(prosody, c, d)
+    bridge = await open_bridge(sat_daemon)
+    signals = SignalRecorder(bridge, SIGNALS)
     try:
-        await add_profile(bridge, "pc", c, prosody, resource="pc")
-        await add_profile(bridge, "phone", c, prosody, resource="phone")
-        await add_profile(bridge, "friend", d, prosody)
+        await create_profile(bridge, "pc", c, prosody, resource="pc")
+        await create_profile(bridge, "phone", c, prosody, resource="phone")
+        await create_profile(bridge, "friend", d, prosody)
         for profile in ("pc", "phone", "friend"):
             await bridge.profile_connect(profile, "")
         # initial presences go out once the plugins (carbons enabled) are done
@@ -286,7 +161,7 @@ async def test_carbons_between_two_resources_of_one_account(daemon, prosody, mak
         await signals.wait(
             "MessageNew", lambda p, m: p == "friend" and m.get("body") == "private one"
         )
-        bodies = [m["body"] for m in await history_of(bridge, "pc", d.jid)]
+        bodies = [m["body"] for m in await history(bridge, "pc", d.jid)]
         assert bodies == ["to your phone", "from my phone", "public one"]
     finally:
         await bridge.close()
@@ -296,16 +171,16 @@ async def test_carbons_between_two_resources_of_one_account(daemon, prosody, mak
 
 
 @asyncio_test(timeout=90)
-async def test_receipts_interoperate_with_slixmpp(daemon, prosody, make_account):
+async def test_receipts_interoperate_with_slixmpp(sat_daemon, prosody, make_account):
     me, other = make_account("slx-me"), make_account("slx-other")
-    await befriend(prosody, me, other)
-    bridge = await open_bridge(daemon)
-    signals = Signals(bridge)
-    slix = Slix(prosody, other)
+    await befriend_accounts(prosody, me, other)
+    bridge = await open_bridge(sat_daemon)
+    signals = SignalRecorder(bridge, SIGNALS)
+    slix = slix_peer(prosody, other)
     try:
-        await add_profile(bridge, "me", me, prosody)
+        await create_profile(bridge, "me", me, prosody)
         await bridge.profile_connect("me", "")
-        await slix.connect()
+        await slix.connect(timeout=10, roster=True)
         await signals.presence("me", f"{other.jid}/slix")
 
         # slixmpp asks for a receipt: the daemon stores the message and answers
@@ -313,7 +188,7 @@ async def test_receipts_interoperate_with_slixmpp(daemon, prosody, make_account)
         message["request_receipt"] = True
         message_id = message["id"]
         message.send()
-        receipt = await asyncio.wait_for(slix.receipts.get(), TIMEOUT)
+        receipt = await slix.next_event("receipt_received")
         assert receipt["receipt"] == message_id
         assert receipt["from"].bare == me.jid
         _, stored = await signals.wait(
@@ -326,15 +201,13 @@ async def test_receipts_interoperate_with_slixmpp(daemon, prosody, make_account)
 
         # we ask: slixmpp's xep_0184 acknowledges, our history shows it
         uid = await bridge.message_send("me", other.jid, "ack this", {})
-        incoming = await asyncio.wait_for(slix.messages.get(), TIMEOUT)
-        while incoming["body"] != "ack this":
-            incoming = await asyncio.wait_for(slix.messages.get(), TIMEOUT)
+        incoming = await slix.next_event("message", lambda m: m["body"] == "ack this")
         assert incoming["request_receipt"] and incoming["id"] == uid
         await signals.wait(
             "MessageUpdate", lambda p, u, k, d: p == "me" and u == uid and k == "receipt"
         )
-        history = await history_of(bridge, "me", other.jid)
-        assert [m["extra"].get("delivery") for m in history if m["outgoing"]] == ["received"]
+        mine = await history(bridge, "me", other.jid)
+        assert [m["extra"].get("delivery") for m in mine if m["outgoing"]] == ["received"]
 
         # chat states from slixmpp
         state = slix.xmpp.make_message(mto=me.jid, mtype="chat")
@@ -345,21 +218,21 @@ async def test_receipts_interoperate_with_slixmpp(daemon, prosody, make_account)
             lambda p, f, s: p == "me" and f.startswith(other.jid) and s == "composing",
         )
     finally:
-        await slix.disconnect()
+        await slix.close()
         await bridge.close()
 
 
 @asyncio_test(timeout=90)
-async def test_hostile_stanzas_from_slixmpp_change_nothing(daemon, prosody, make_account):
+async def test_hostile_stanzas_from_slixmpp_change_nothing(sat_daemon, prosody, make_account):
     me, evil = make_account("hst-me"), make_account("hst-evil")
-    await befriend(prosody, me, evil)  # even a contact cannot forge these
-    bridge = await open_bridge(daemon)
-    signals = Signals(bridge)
-    slix = Slix(prosody, evil, plugins=())
+    await befriend_accounts(prosody, me, evil)  # even a contact cannot forge these
+    bridge = await open_bridge(sat_daemon)
+    signals = SignalRecorder(bridge, SIGNALS)
+    slix = slix_peer(prosody, evil, plugins=())
     try:
-        await add_profile(bridge, "me", me, prosody)
+        await create_profile(bridge, "me", me, prosody)
         await bridge.profile_connect("me", "")
-        await slix.connect()
+        await slix.connect(timeout=10, roster=True)
         await signals.presence("me", f"{evil.jid}/slix")
         uid = await bridge.message_send("me", "victim@localhost", "to someone else", {})
         forged = (
@@ -368,13 +241,13 @@ async def test_hostile_stanzas_from_slixmpp_change_nothing(daemon, prosody, make
             f"<message xmlns='{NS_CLIENT}' from='{me.jid}/pc' to='victim@localhost' type='chat'>"
             "<body>I never wrote this</body></message></forwarded></sent></message>"
         )
-        slix.send_raw(forged)
+        await slix.send_raw(forged)
         for receipt_id in (uid, "x" * 3000, ""):
-            slix.send_raw(
+            await slix.send_raw(
                 f"<message xmlns='{NS_CLIENT}' to='{me.jid}' type='chat'>"
                 f"<received xmlns='{NS_RECEIPTS}' id='{receipt_id}'/></message>"
             )
-        slix.send_raw(
+        await slix.send_raw(
             f"<message xmlns='{NS_CLIENT}' to='{me.jid}' type='chat'>"
             f"<stanza-id xmlns='urn:xmpp:sid:0' by='{evil.jid}' id='fake'/>"
             "<body>with a made-up stanza-id</body></message>"
@@ -389,5 +262,5 @@ async def test_hostile_stanzas_from_slixmpp_change_nothing(daemon, prosody, make
         assert signals.of("MessageUpdate") == []
         assert await bridge.is_ready()
     finally:
-        await slix.disconnect()
+        await slix.close()
         await bridge.close()

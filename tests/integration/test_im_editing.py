@@ -16,15 +16,22 @@ like the D-Bus client.
 from __future__ import annotations
 
 import asyncio
-import contextlib
-import uuid
 
 import pytest
 
 from sat_frontends.bridge import errors as bridge_errors
-from sat_frontends.bridge.dbus_client import DBusBridgeClient
-from tests.support.daemon import SatDaemon
-from tests.support.dbus import asyncio_test, dbus_bus  # noqa: F401  (fixture)
+from tests.support.bridge_helpers import (
+    SignalRecorder,
+    add_profile,
+    find_message,
+    history,
+    in_room,
+    open_bridge,
+    room_jid,
+    search_uids,
+)
+from tests.support.dbus import asyncio_test
+from tests.support.slix_peer import SlixPeer
 
 TIMEOUT = 10
 NS_LMC = "urn:xmpp:message-correct:0"
@@ -33,146 +40,32 @@ NS_REACTIONS = "urn:xmpp:reactions:0"
 NS_REPLY = "urn:xmpp:reply:0"
 NS_MODERATE = "urn:xmpp:message-moderate:1"
 EDITING_PLUGINS = ("XEP-0308", "XEP-0424", "XEP-0444", "XEP-0461")
+SIGNALS = ("MessageNew", "MessageUpdate")
+SLIX_PLUGINS = ("xep_0030", "xep_0359", "xep_0308", "xep_0424", "xep_0428", "xep_0444", "xep_0461")
+#: what slixmpp receives, as one queue (body-less messages do not make "message" events)
+MESSAGES = ("message", "reactions")
 
 
-@pytest.fixture
-def daemon(tmp_path, dbus_bus, prosody):  # noqa: F811
-    d = SatDaemon(tmp_path / "daemon", dbus_bus.address, prosody.ca_cert_path)
-    d.start()
-    yield d
-    if d.process is not None:
-        d.stop()
-    print(d.log_tail(150))  # shown by pytest when the test failed
-
-
-class Signals:
-    """The daemon's MessageNew/MessageUpdate signals; ``wait`` for one matching a predicate."""
-
-    def __init__(self, bridge):
-        self.events: list[tuple] = []
-        self._changed = asyncio.Event()
-        for name in ("MessageNew", "MessageUpdate"):
-            bridge.on(name, lambda *args, n=name: self._add(n, args))
-
-    def _add(self, name, args):
-        self.events.append((name, *args))
-        self._changed.set()
-
-    def of(self, name, profile=None):
-        return [e[1:] for e in self.events if e[0] == name and profile in (None, e[1])]
-
-    async def wait(self, name, predicate=lambda *a: True, timeout=TIMEOUT):
-        loop = asyncio.get_running_loop()
-        deadline = loop.time() + timeout
-        while True:
-            for event in self.events:
-                if event[0] == name and predicate(*event[1:]):
-                    return event[1:]
-            remaining = deadline - loop.time()
-            if remaining <= 0:
-                raise AssertionError(f"no {name} signal matched within {timeout} s")
-            self._changed.clear()
-            with contextlib.suppress(asyncio.TimeoutError):
-                await asyncio.wait_for(self._changed.wait(), remaining)
-
-    async def new(self, profile, predicate=lambda m: True):
-        _p, message = await self.wait("MessageNew", lambda p, m: p == profile and predicate(m))
-        return message
-
-    async def update(self, profile, uid, kind):
-        return await self.wait(
-            "MessageUpdate", lambda p, u, t, d: p == profile and u == uid and t == kind
-        )
-
-
-class Slix:
-    """A slixmpp client of the test Prosody, on the running asyncio loop."""
-
-    def __init__(self, server, account, resource="slix"):
-        import slixmpp
-
-        self.server = server
-        self.jid = f"{account.jid}/{resource}"
-        self.xmpp = slixmpp.ClientXMPP(self.jid, account.password)
-        self.xmpp.enable_direct_tls = False
-        self.xmpp.enable_starttls = True
-        self.xmpp.enable_plaintext = False
-        self.xmpp.ca_certs = server.ca_cert_path
-        for plugin in (
-            "xep_0030",
-            "xep_0359",
-            "xep_0308",
-            "xep_0424",
-            "xep_0428",
-            "xep_0444",
-            "xep_0461",
-        ):
-            self.xmpp.register_plugin(plugin)
-        self.messages: asyncio.Queue = asyncio.Queue()
-        self.xmpp.add_event_handler("message", self.messages.put_nowait)
-        # body-less messages do not make "message" events
-        self.xmpp.add_event_handler("reactions", self.messages.put_nowait)
-
-    async def connect(self):
-        started = asyncio.ensure_future(self.xmpp.wait_until("session_start", timeout=TIMEOUT))
-        self.xmpp.connect(self.server.host, self.server.c2s_port)
-        await started
-        self.xmpp.send_presence()
-
-    async def disconnect(self):
-        with contextlib.suppress(Exception):
-            await self.xmpp.disconnect(wait=1.0)
-
-    async def next_message(self, predicate=lambda m: True, timeout=TIMEOUT):
-        loop = asyncio.get_running_loop()
-        deadline = loop.time() + timeout
-        while True:
-            remaining = deadline - loop.time()
-            if remaining <= 0:
-                raise AssertionError("slixmpp got no matching message")
-            msg = await asyncio.wait_for(self.messages.get(), remaining)
-            if predicate(msg):
-                return msg
-
-
-async def connect_bridge(daemon) -> DBusBridgeClient:
-    return await DBusBridgeClient.connect(daemon.bus_address, wait=10, timeout=30)
-
-
-async def add_profile(bridge, name, account, server):
-    await bridge.profile_create(
-        name, account.jid, account.password, "", {"host": "127.0.0.1", "port": server.c2s_port}
+def slix_peer(server, account, resource="slix", rooms=False) -> SlixPeer:
+    """slixmpp with the editing XEPs (and MUC if ``rooms``) on the test's loop."""
+    return SlixPeer(
+        server,
+        account,
+        resource,
+        plugins=SLIX_PLUGINS + (("xep_0045",) if rooms else ()),
+        record=MESSAGES + (("groupchat_message",) if rooms else ()),
     )
-    assert await bridge.profile_connect(name, "") is True
-    # messages go to this full JID: delivered even before the initial presence is out
-    # (to a bare JID they would only reach the archive until then)
-    return (await bridge.profile_info_get(name))["full_jid"]
-
-
-async def history(bridge, profile, with_jid):
-    return await bridge.history_get(profile, with_jid, 100, {})
-
-
-async def find(bridge, profile, with_jid, uid):
-    for message in await history(bridge, profile, with_jid):
-        if message["uid"] == uid:
-            return message
-    raise AssertionError(f"{uid} not in {profile}'s history")
-
-
-async def search(bridge, profile, words):
-    return [m["uid"] for m in await bridge.history_search(profile, words, {}, 20)]
 
 
 @asyncio_test(timeout=120)
-async def test_two_profiles_edit_round_trip(daemon, prosody, make_account):
+async def test_two_profiles_edit_round_trip(sat_daemon, prosody, make_account):
     a, b = make_account("e-alice"), make_account("e-bob")
-    bridge = await connect_bridge(daemon)
+    bridge = await open_bridge(sat_daemon)
     try:
         health = {p["name"]: p for p in await bridge.health_get()}
         for name in EDITING_PLUGINS:
             assert health[name]["loaded"], health[name]
-        signals = Signals(bridge)
+        signals = SignalRecorder(bridge, SIGNALS)
         a_full = await add_profile(bridge, "alice", a, prosody)
         b_full = await add_profile(bridge, "bob", b, prosody)
 
@@ -186,11 +79,11 @@ async def test_two_profiles_edit_round_trip(daemon, prosody, make_account):
         assert data["edits"][0]["body"] == "Lets meet at the libary"
         await signals.update("alice", a_uid, "correction")
         for profile, uid, peer in (("alice", a_uid, b.jid), ("bob", b_uid, a.jid)):
-            message = await find(bridge, profile, peer, uid)
+            message = await find_message(bridge, profile, peer, uid)
             assert message["body"] == "Let's meet at the library"
             assert message["extra"]["edits"][0]["body"] == "Lets meet at the libary"
-            assert await search(bridge, profile, "libary") == []
-            assert await search(bridge, profile, "library") == [uid]
+            assert await search_uids(bridge, profile, "libary") == []
+            assert await search_uids(bridge, profile, "library") == [uid]
             assert len(await history(bridge, profile, peer)) == 1
 
         # bob cannot correct nor retract alice's message
@@ -225,14 +118,16 @@ async def test_two_profiles_edit_round_trip(daemon, prosody, make_account):
         )
         with pytest.raises(bridge_errors.InvalidArgument):
             await bridge.message_reactions_set("bob", b_uid, ["not an emoji"])
-        assert (await find(bridge, "alice", b.jid, a_uid))["extra"]["reactions"] == {"👍": [a.jid]}
+        assert (await find_message(bridge, "alice", b.jid, a_uid))["extra"]["reactions"] == {
+            "👍": [a.jid]
+        }
 
         # --- reply
         r_uid = await bridge.message_send("bob", a_full, "See you there", {"reply_to": b_uid})
         reply = await signals.new("alice", lambda m: m.get("extra", {}).get("reply_to"))
         assert reply["extra"]["reply_to"] == a_uid
         assert reply["body"] == "See you there"  # the fallback quote is not kept
-        sent = await find(bridge, "bob", a.jid, r_uid)
+        sent = await find_message(bridge, "bob", a.jid, r_uid)
         assert sent["body"] == "See you there" and sent["extra"]["reply_to"] == b_uid
 
         # --- retraction
@@ -241,11 +136,11 @@ async def test_two_profiles_edit_round_trip(daemon, prosody, make_account):
         assert data["retracted"]["by"] == a.jid
         await signals.update("alice", a_uid, "retraction")
         for profile, uid, peer in (("alice", a_uid, b.jid), ("bob", b_uid, a.jid)):
-            message = await find(bridge, profile, peer, uid)
+            message = await find_message(bridge, profile, peer, uid)
             assert "body" not in message  # a tombstone
             assert message["extra"]["retracted"]["by"] == a.jid
             assert "edits" not in message["extra"]
-            assert await search(bridge, profile, "library") == []
+            assert await search_uids(bridge, profile, "library") == []
         # the fallback body of the retraction was not stored as a message
         assert len(await history(bridge, "bob", a.jid)) == 2
         assert await bridge.is_ready()
@@ -254,14 +149,14 @@ async def test_two_profiles_edit_round_trip(daemon, prosody, make_account):
 
 
 @asyncio_test(timeout=120)
-async def test_slixmpp_interop_corrections_and_friends(daemon, prosody, make_account):
+async def test_slixmpp_interop_corrections_and_friends(sat_daemon, prosody, make_account):
     a, s = make_account("e-alice"), make_account("e-slix")
-    bridge = await connect_bridge(daemon)
-    slix = Slix(prosody, s)
+    bridge = await open_bridge(sat_daemon)
+    slix = slix_peer(prosody, s)
     try:
-        signals = Signals(bridge)
+        signals = SignalRecorder(bridge, SIGNALS)
         a_full = await add_profile(bridge, "alice", a, prosody)
-        await slix.connect()
+        await slix.connect(timeout=10)
 
         # our client advertises what it supports (what slixmpp would check first)
         info = await slix.xmpp.plugin["xep_0030"].get_info(jid=a_full, timeout=TIMEOUT)
@@ -278,21 +173,21 @@ async def test_slixmpp_interop_corrections_and_friends(daemon, prosody, make_acc
         slix.xmpp.plugin["xep_0308"].correct_message(original, "Hello from slixmpp")
         _p, _u, _t, data = await signals.update("alice", uid, "correction")
         assert data["body"] == "Hello from slixmpp"
-        message = await find(bridge, "alice", s.jid, uid)
+        message = await find_message(bridge, "alice", s.jid, uid)
         assert message["body"] == "Hello from slixmpp"
         assert message["extra"]["edits"][0]["body"] == "Helo from slixmpp"
         assert len(await history(bridge, "alice", s.jid)) == 1
 
         # --- it reacts to and replies to our message; we correct ours: it gets <replace/>
         a_uid = await bridge.message_send("alice", slix.jid, "Nice too meet you", {})
-        ours = await slix.next_message(lambda m: m["body"] == "Nice too meet you")
+        ours = await slix.next_event(MESSAGES, lambda m: m["body"] == "Nice too meet you")
         assert ours["id"] == a_uid
         slix.xmpp.plugin["xep_0444"].send_reactions(a_full, ours["id"], ["🎉"])
         _p, _u, _t, data = await signals.update("alice", a_uid, "reaction")
         assert data["reactions"] == {"🎉": [s.jid]}
         await bridge.message_correct("alice", a_uid, "Nice to meet you")
-        correction = await slix.next_message(
-            lambda m: m.xml.find(f"{{{NS_LMC}}}replace") is not None
+        correction = await slix.next_event(
+            MESSAGES, lambda m: m.xml.find(f"{{{NS_LMC}}}replace") is not None
         )
         assert correction["replace"]["id"] == a_uid
         assert correction["body"] == "Nice to meet you"
@@ -311,38 +206,38 @@ async def test_slixmpp_interop_corrections_and_friends(daemon, prosody, make_acc
 
         # --- we retract and react: slixmpp gets the payloads with its/our ids
         await bridge.message_reactions_set("alice", uid, ["👌"])
-        reaction = await slix.next_message(
-            lambda m: m.xml.find(f"{{{NS_REACTIONS}}}reactions") is not None
+        reaction = await slix.next_event(
+            MESSAGES, lambda m: m.xml.find(f"{{{NS_REACTIONS}}}reactions") is not None
         )
         assert reaction["reactions"]["id"] == original["id"]
         assert reaction["reactions"].get_values() == {"👌"}
         await bridge.message_retract("alice", a_uid)
-        retraction = await slix.next_message(
-            lambda m: m.xml.find(f"{{{NS_RETRACT}}}retract") is not None
+        retraction = await slix.next_event(
+            MESSAGES, lambda m: m.xml.find(f"{{{NS_RETRACT}}}retract") is not None
         )
         assert retraction["retract"]["id"] == a_uid
 
         # --- slixmpp retracts its message
         slix.xmpp.plugin["xep_0424"].send_retraction(a_full, original["id"])
         await signals.update("alice", uid, "retraction")
-        assert "body" not in await find(bridge, "alice", s.jid, uid)
-        assert await search(bridge, "alice", "slixmpp") == []
+        assert "body" not in await find_message(bridge, "alice", s.jid, uid)
+        assert await search_uids(bridge, "alice", "slixmpp") == []
     finally:
-        await slix.disconnect()
+        await slix.close()
         await bridge.close()
 
 
 @asyncio_test(timeout=120)
-async def test_hostile_edits_from_slixmpp_change_nothing(daemon, prosody, make_account):
+async def test_hostile_edits_from_slixmpp_change_nothing(sat_daemon, prosody, make_account):
     a, m = make_account("e-alice"), make_account("e-mallory")
-    bridge = await connect_bridge(daemon)
-    mallory = Slix(prosody, m, "evil")
+    bridge = await open_bridge(sat_daemon)
+    mallory = slix_peer(prosody, m, "evil")
     try:
-        signals = Signals(bridge)
+        signals = SignalRecorder(bridge, SIGNALS)
         a_full = await add_profile(bridge, "alice", a, prosody)
-        await mallory.connect()
+        await mallory.connect(timeout=10)
         a_uid = await bridge.message_send("alice", mallory.jid, "I agree to nothing", {})
-        await mallory.next_message(lambda msg: msg["id"] == a_uid)
+        await mallory.next_event(MESSAGES, lambda msg: msg["id"] == a_uid)
         before = await history(bridge, "alice", m.jid)
         to = a_full
         raw = [
@@ -378,7 +273,7 @@ async def test_hostile_edits_from_slixmpp_change_nothing(daemon, prosody, make_a
         mallory.xmpp.send_message(mto=a_full, mbody="last one", mtype="chat")
         await signals.new("alice", lambda msg: msg["body"] == "last one")
         await asyncio.sleep(0.3)  # messages are processed concurrently: let the others end
-        ours = await find(bridge, "alice", m.jid, a_uid)
+        ours = await find_message(bridge, "alice", m.jid, a_uid)
         assert ours == before[0]
         assert signals.of("MessageUpdate", "alice") == []
         bodies = [msg.get("body") for msg in await history(bridge, "alice", m.jid)]
@@ -388,57 +283,43 @@ async def test_hostile_edits_from_slixmpp_change_nothing(daemon, prosody, make_a
         assert await bridge.is_ready()
         assert await bridge.profile_is_connected("alice")
     finally:
-        await mallory.disconnect()
+        await mallory.close()
         await bridge.close()
 
 
-def in_room(room, nick=None):
-    def predicate(message):
-        return message.get("type") == "groupchat" and (
-            nick is None or message.get("from") == f"{room}/{nick}"
-        )
-
-    return predicate
-
-
 @asyncio_test(timeout=150)
-async def test_room_corrections_reactions_replies_retractions(daemon, prosody, make_account):
+async def test_room_corrections_reactions_replies_retractions(sat_daemon, prosody, make_account):
     a, b, m = make_account("r-alice"), make_account("r-bob"), make_account("r-mallory")
-    room = f"edit-{uuid.uuid4().hex[:8]}@{prosody.muc_domain}"
-    bridge = await connect_bridge(daemon)
-    mallory = Slix(prosody, m, "evil")
-    mallory.xmpp.register_plugin("xep_0045")
+    room = room_jid(prosody, "edit")
+    bridge = await open_bridge(sat_daemon)
+    mallory = slix_peer(prosody, m, "evil", rooms=True)
     try:
-        signals = Signals(bridge)
+        signals = SignalRecorder(bridge, SIGNALS)
         await add_profile(bridge, "alice", a, prosody)
         await add_profile(bridge, "bob", b, prosody)
         info = await bridge.muc_join("alice", room, "alice", {})
         assert info["role"] == "moderator"
         await bridge.muc_join("bob", room, "bob", {})
-        await mallory.connect()
-        room_messages: asyncio.Queue = asyncio.Queue()
-        mallory.xmpp.add_event_handler("groupchat_message", room_messages.put_nowait)
-        await mallory.xmpp.plugin["xep_0045"].join_muc_wait(room, "mallory", maxstanzas=0)
+        await mallory.connect(timeout=10)
+        await mallory.join_room(room, "mallory")
 
         # --- alice corrects her message: applied when the room reflects it, for both
         a_uid = await bridge.message_send("alice", room, "Meeting at 10", {"type": "groupchat"})
-        b_msg = await signals.new("bob", lambda msg: in_room(room, "alice")(msg))
+        b_msg = await signals.new("bob", in_room(room, "alice"))
         b_uid = b_msg["uid"]
         assert b_msg["extra"].get("occupant_id"), "Prosody rooms announce XEP-0421"
-        seen = await asyncio.wait_for(room_messages.get(), TIMEOUT)
-        while seen["body"] != "Meeting at 10":
-            seen = await asyncio.wait_for(room_messages.get(), TIMEOUT)
+        seen = await mallory.next_event("groupchat_message", lambda m: m["body"] == "Meeting at 10")
         await signals.new("alice", lambda msg: msg["uid"] == a_uid)
         await bridge.message_correct("alice", a_uid, "Meeting at 11")
         await signals.update("alice", a_uid, "correction")
         await signals.update("bob", b_uid, "correction")
         for profile, uid in (("alice", a_uid), ("bob", b_uid)):
-            message = await find(bridge, profile, room, uid)
+            message = await find_message(bridge, profile, room, uid)
             assert message["body"] == "Meeting at 11"
             assert message["extra"]["edits"][0]["body"] == "Meeting at 10"
 
         # --- an occupant correcting / retracting someone else's message, forging moderation
-        stanza_id = (await find(bridge, "bob", room, b_uid))["stanza_id"]
+        stanza_id = (await find_message(bridge, "bob", room, b_uid))["stanza_id"]
         for xml in (
             f"<message to='{room}' type='groupchat' id='h1'><body>Meeting cancelled</body>"
             f"<replace xmlns='{NS_LMC}' id='{seen['id']}'/></message>",
@@ -453,7 +334,7 @@ async def test_room_corrections_reactions_replies_retractions(daemon, prosody, m
         await signals.new("bob", lambda msg: msg.get("body") == "mallory was here")
         await asyncio.sleep(0.3)
         for profile, uid in (("alice", a_uid), ("bob", b_uid)):
-            message = await find(bridge, profile, room, uid)
+            message = await find_message(bridge, profile, room, uid)
             assert message["body"] == "Meeting at 11" and "retracted" not in message["extra"]
             assert len(message["extra"]["edits"]) == 1
         assert not [
@@ -476,12 +357,10 @@ async def test_room_corrections_reactions_replies_retractions(daemon, prosody, m
         r_uid = await bridge.message_send(
             "bob", room, "Works for me", {"type": "groupchat", "reply_to": b_uid}
         )
-        reply = await signals.new(
-            "alice", lambda msg: in_room(room, "bob")(msg) and msg["body"] == "Works for me"
-        )
+        reply = await signals.new("alice", in_room(room, "bob", "Works for me"))
         assert reply["extra"]["reply_to"] == a_uid
         await signals.new("bob", lambda msg: msg["uid"] == r_uid)
-        assert (await find(bridge, "bob", room, r_uid))["extra"]["reply_to"] == b_uid
+        assert (await find_message(bridge, "bob", room, r_uid))["extra"]["reply_to"] == b_uid
 
         # --- alice retracts her message
         await bridge.message_retract("alice", a_uid)
@@ -489,9 +368,9 @@ async def test_room_corrections_reactions_replies_retractions(daemon, prosody, m
         _p, _u, _t, data = await signals.update("bob", b_uid, "retraction")
         assert data["retracted"]["by"] == f"{room}/alice"
         for profile, uid in (("alice", a_uid), ("bob", b_uid)):
-            message = await find(bridge, profile, room, uid)
+            message = await find_message(bridge, profile, room, uid)
             assert "body" not in message and message["extra"]["retracted"]
-            assert await search(bridge, profile, "Meeting") == []
+            assert await search_uids(bridge, profile, "Meeting") == []
     finally:
-        await mallory.disconnect()
+        await mallory.close()
         await bridge.close()

@@ -16,8 +16,10 @@ from pathlib import Path
 
 import pytest
 
-from tests.support.daemon import SatDaemon
+from tests.support.daemon import sat_daemon_on_private_bus
 from tests.support.dbus import DBusDaemon
+from tests.support.images import png
+from tests.support.waiting import poll
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 
@@ -99,35 +101,8 @@ def wait_for_file(path: Path, proc: subprocess.Popen, timeout: float = 20) -> No
         time.sleep(0.02)
 
 
-def poll(check, what: str, timeout: float = 20, interval: float = 0.1):
-    """Call ``check()`` until it returns something true (each call runs jp: be gentle)."""
-    deadline = time.monotonic() + timeout
-    while True:
-        result = check()
-        if result:
-            return result
-        assert time.monotonic() < deadline, f"{what}: not seen within {timeout} s"
-        time.sleep(interval)
-
-
 def by_uid(messages: list[dict], uid: str) -> dict | None:
     return next((m for m in messages if m["uid"] == uid), None)
-
-
-def tiny_png() -> bytes:
-    """A valid 1x1 PNG."""
-    import struct
-    import zlib
-
-    def chunk(kind: bytes, data: bytes) -> bytes:
-        body = kind + data
-        return struct.pack(">I", len(data)) + body + struct.pack(">I", zlib.crc32(body))
-
-    header = struct.pack(">IIBBBBB", 1, 1, 8, 6, 0, 0, 0)
-    pixels = zlib.compress(b"\x00\xff\x80\x00\xff")
-    return (
-        b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", header) + chunk(b"IDAT", pixels) + chunk(b"IEND", b"")
-    )
 
 
 # ---------------------------------------------------------------------------- fixtures
@@ -137,23 +112,16 @@ def tiny_png() -> bytes:
 def stack(tmp_path_factory, prosody):
     """A private bus and the real daemon on it, with two fresh accounts on the test Prosody."""
     work = tmp_path_factory.mktemp("jp")
-    with DBusDaemon(work / "bus") as bus:
-        daemon = SatDaemon(work / "daemon", bus.address, prosody.ca_cert_path)
-        daemon.start()
+    with sat_daemon_on_private_bus(work, prosody.ca_cert_path) as daemon:
         tag = uuid.uuid4().hex[:6]
-        stack = {
-            "bus": bus,
+        yield {
             "daemon": daemon,
             "prosody": prosody,
-            "jp": Jp(bus.address),
+            "jp": Jp(daemon.bus_address),
             "alice": prosody.register(f"jp-alice-{tag}", "alice-secret"),
             "bob": prosody.register(f"jp-bob-{tag}", "bob-secret"),
             "work": work,
         }
-        try:
-            yield stack
-        finally:
-            daemon.stop()
 
 
 @pytest.fixture(scope="module")
@@ -427,11 +395,9 @@ def test_error_cases_have_their_exit_codes(profiles):
 
 
 def test_waiting_commands_exit_when_the_daemon_stops(tmp_path, prosody):
-    with DBusDaemon(tmp_path / "bus") as bus:
-        daemon = SatDaemon(tmp_path / "daemon", bus.address, prosody.ca_cert_path)
-        daemon.start()
+    with sat_daemon_on_private_bus(tmp_path, prosody.ca_cert_path) as daemon:
         try:
-            jp = Jp(bus.address)
+            jp = Jp(daemon.bus_address)
             jp.ok("profile", "create", "lonely", "lonely@localhost", "-x", "pw")
             listen_ready, monitor_ready = tmp_path / "listen", tmp_path / "monitor"
             listener = jp.popen(
@@ -649,7 +615,7 @@ def test_vcard_avatar_archive(profiles, tmp_path):
     assert_fails(jp("vcard", "set", "COLOUR=blue"), USAGE, "COLOUR")
 
     image = tmp_path / "me.png"
-    image.write_bytes(tiny_png())
+    image.write_bytes(png(seed=1, size=1))
     import hashlib
 
     result = jp.json("avatar", "set", image)

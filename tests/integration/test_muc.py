@@ -9,119 +9,31 @@ independent occupant: it sends, we receive; we send, it receives.
 from __future__ import annotations
 
 import asyncio
-import threading
-import time
-import uuid
-from collections.abc import Callable
 
 import pytest
 
 from sat_frontends.bridge import errors as bridge_errors
-from sat_frontends.bridge.dbus_client import DBusBridgeClient
-from tests.support.daemon import SatDaemon
-from tests.support.dbus import asyncio_test, dbus_bus  # noqa: F401  (fixture)
+from tests.support.bridge_helpers import MUC_SIGNALS, history, in_room, open_session, room_jid
+from tests.support.dbus import asyncio_test
+from tests.support.slix_peer import SlixPeer
+from tests.support.waiting import eventually
 
-SIGNALS = (
-    "MessageNew",
-    "MucMessageError",
-    "MucRoomJoined",
-    "MucRoomLeft",
-    "MucOccupantUpdate",
-    "MucSubject",
-    "MucInvitation",
-    "BookmarkUpdate",
-    "BookmarkRemoved",
-    "Connected",
-)
+SIGNALS = ("MessageNew", "Connected", *MUC_SIGNALS)
 
 
-@pytest.fixture
-def daemon(tmp_path, dbus_bus, prosody):  # noqa: F811
-    d = SatDaemon(tmp_path / "daemon", dbus_bus.address, prosody.ca_cert_path)
-    d.start()
-    yield d
-    if d.process is not None:
-        d.stop()
-
-
-class Recorder:
-    """Every signal of interest, with a way to wait for one."""
-
-    def __init__(self, bridge: DBusBridgeClient):
-        self.events: list[tuple[str, tuple]] = []
-        self._waiters: list[tuple[str, Callable, asyncio.Future]] = []
-        for name in SIGNALS:
-            bridge.on(name, self._make(name))
-
-    def _make(self, name):
-        def record(*args):
-            self.events.append((name, args))
-            for waiter in list(self._waiters):
-                wanted, predicate, future = waiter
-                if wanted == name and not future.done() and predicate(*args):
-                    future.set_result(args)
-                    self._waiters.remove(waiter)
-
-        return record
-
-    def seen(self, name, predicate=lambda *a: True) -> list[tuple]:
-        return [args for n, args in self.events if n == name and predicate(*args)]
-
-    async def wait(self, name, predicate=lambda *a: True, timeout=10.0) -> tuple:
-        for n, args in self.events:
-            if n == name and predicate(*args):
-                return args
-        future = asyncio.get_running_loop().create_future()
-        self._waiters.append((name, predicate, future))
-        try:
-            return await asyncio.wait_for(future, timeout)
-        except TimeoutError:
-            raise AssertionError(f"no {name} signal matching after {timeout} s") from None
-
-    def clear(self):
-        self.events.clear()
-
-
-async def setup(daemon, server, accounts: dict) -> tuple[DBusBridgeClient, Recorder]:
-    bridge = await DBusBridgeClient.connect(daemon.bus_address, wait=10, timeout=30)
-    recorder = Recorder(bridge)
-    for name, account in accounts.items():
-        await bridge.profile_create(
-            name,
-            account.jid,
-            account.password,
-            "",
-            {"host": "127.0.0.1", "port": server.c2s_port},
-        )
-        await bridge.profile_connect(name, "")
-    return bridge, recorder
-
-
-def room_name(prosody, prefix="room") -> str:
-    return f"{prefix}-{uuid.uuid4().hex[:8]}@{prosody.muc_domain}"
-
-
-def groupchat_from(profile, room, nick=None, body=None):
-    def predicate(p, message):
-        return (
-            p == profile
-            and message.get("type") == "groupchat"
-            and message.get("from", "").startswith(room + "/")
-            and (nick is None or message.get("source_resource") == nick)
-            and (body is None or message.get("body") == body)
-        )
-
-    return predicate
+async def setup(daemon, server, accounts: dict):
+    """A bridge client recording the group chat signals, and ``accounts`` connected."""
+    return await open_session(daemon, server, accounts, SIGNALS)
 
 
 PERSISTENT = {"muc#roomconfig_persistentroom": True}
 
 
 @asyncio_test(timeout=90)
-async def test_two_profiles_talk_nick_subject_config_kick(daemon, prosody, make_account):
+async def test_two_profiles_talk_nick_subject_config_kick(sat_daemon, prosody, make_account):
     a, b = make_account("m-alice"), make_account("m-bob")
-    bridge, rec = await setup(daemon, prosody, {"alice": a, "bob": b})
-    room = room_name(prosody)
+    bridge, rec = await setup(sat_daemon, prosody, {"alice": a, "bob": b})
+    room = room_jid(prosody)
     try:
         info = await bridge.muc_join("alice", room, "alice", {"config": PERSISTENT})
         assert info["created"] and info["role"] == "moderator" and info["affiliation"] == "owner"
@@ -140,12 +52,12 @@ async def test_two_profiles_talk_nick_subject_config_kick(daemon, prosody, make_
 
         # alice talks: bob receives, alice stores the room's reflection once
         uid = await bridge.message_send("alice", room, "Bonjour à tous", {"type": "groupchat"})
-        (_p, received) = await rec.wait("MessageNew", groupchat_from("bob", room, "alice"))
+        received = await rec.new("bob", in_room(room, "alice"))
         assert received["body"] == "Bonjour à tous" and not received["outgoing"]
-        (_p, reflected) = await rec.wait("MessageNew", groupchat_from("alice", room, "alice"))
+        reflected = await rec.new("alice", in_room(room, "alice"))
         assert reflected["uid"] == uid and reflected["outgoing"]
         await bridge.message_send("bob", room, "Salut Alice", {"type": "groupchat"})
-        await rec.wait("MessageNew", groupchat_from("alice", room, "bob", "Salut Alice"))
+        await rec.new("alice", in_room(room, "bob", "Salut Alice"))
         await asyncio.sleep(0.3)
         history = await bridge.history_get("alice", room, 50, {})
         assert [(m["source_resource"], m["body"]) for m in history] == [
@@ -207,10 +119,10 @@ async def test_two_profiles_talk_nick_subject_config_kick(daemon, prosody, make_
 
 
 @asyncio_test(timeout=90)
-async def test_moderation_affiliations_ban_destroy(daemon, prosody, make_account):
+async def test_moderation_affiliations_ban_destroy(sat_daemon, prosody, make_account):
     a, b = make_account("o-alice"), make_account("o-bob")
-    bridge, rec = await setup(daemon, prosody, {"alice": a, "bob": b})
-    room = room_name(prosody, "mod")
+    bridge, rec = await setup(sat_daemon, prosody, {"alice": a, "bob": b})
+    room = room_jid(prosody, "mod")
     try:
         assert prosody.muc_domain in await bridge.muc_services_get("alice")
         await bridge.muc_join("alice", room, "alice", {"config": PERSISTENT})
@@ -250,36 +162,32 @@ async def test_moderation_affiliations_ban_destroy(daemon, prosody, make_account
 
 
 @asyncio_test(timeout=90)
-async def test_room_history_comes_from_mam(daemon, prosody, make_account):
+async def test_room_history_comes_from_mam(sat_daemon, prosody, make_account):
     a, b = make_account("h-alice"), make_account("h-bob")
-    bridge, rec = await setup(daemon, prosody, {"alice": a, "bob": b})
-    room = room_name(prosody, "hist")
+    bridge, rec = await setup(sat_daemon, prosody, {"alice": a, "bob": b})
+    room = room_jid(prosody, "hist")
     try:
         await bridge.muc_join("alice", room, "alice", {"config": PERSISTENT})
         for i in range(3):
             await bridge.message_send("alice", room, f"before {i}", {"type": "groupchat"})
-        await rec.wait("MessageNew", groupchat_from("alice", room, "alice", "before 2"))
+        await rec.new("alice", in_room(room, "alice", "before 2"))
         info = await bridge.muc_join("bob", room, "bob", {})
         assert info["mam"]
 
         async def bob_history(count):
-            deadline = time.monotonic() + 10
-            while True:
-                rows = await bridge.history_get("bob", room, 100, {})
-                if len(rows) >= count or time.monotonic() > deadline:
-                    return rows
-                await asyncio.sleep(0.1)
+            rows = await history(bridge, "bob", room)
+            return rows if len(rows) >= count else None
 
-        rows = await bob_history(3)
+        rows = await eventually(lambda: bob_history(3), what="3 messages in bob's history")
         assert [m["body"] for m in rows] == ["before 0", "before 1", "before 2"]
         assert all(m["source_resource"] == "alice" and m["stanza_id"] for m in rows)
         await bridge.muc_leave("bob", room, "")
         await bridge.message_send("alice", room, "while away", {"type": "groupchat"})
-        await rec.wait("MessageNew", groupchat_from("alice", room, "alice", "while away"))
+        await rec.new("alice", in_room(room, "alice", "while away"))
         await bridge.muc_join("bob", room, "bob", {})
         await bridge.message_send("alice", room, "live", {"type": "groupchat"})
-        await rec.wait("MessageNew", groupchat_from("bob", room, "alice", "live"))
-        rows = await bob_history(5)
+        await rec.new("bob", in_room(room, "alice", "live"))
+        await eventually(lambda: bob_history(5), what="5 messages in bob's history")
         await asyncio.sleep(0.5)
         rows = await bridge.history_get("bob", room, 100, {})
         assert [m["body"] for m in rows] == [
@@ -294,10 +202,10 @@ async def test_room_history_comes_from_mam(daemon, prosody, make_account):
 
 
 @asyncio_test(timeout=90)
-async def test_password_invitation_and_nick_conflict(daemon, prosody, make_account):
+async def test_password_invitation_and_nick_conflict(sat_daemon, prosody, make_account):
     a, b, c = make_account("i-alice"), make_account("i-bob"), make_account("i-carol")
-    bridge, rec = await setup(daemon, prosody, {"alice": a, "bob": b, "carol": c})
-    room = room_name(prosody, "secret")
+    bridge, rec = await setup(sat_daemon, prosody, {"alice": a, "bob": b, "carol": c})
+    room = room_jid(prosody, "secret")
     try:
         await bridge.muc_join(
             "alice",
@@ -337,10 +245,10 @@ async def test_password_invitation_and_nick_conflict(daemon, prosody, make_accou
 
 
 @asyncio_test(timeout=120)
-async def test_bookmarks_autojoin_after_reconnection(daemon, prosody, make_account):
+async def test_bookmarks_autojoin_after_reconnection(sat_daemon, prosody, make_account):
     a = make_account("b-alice")
-    bridge, rec = await setup(daemon, prosody, {"alice": a})
-    room = room_name(prosody, "bm")
+    bridge, rec = await setup(sat_daemon, prosody, {"alice": a})
+    room = room_jid(prosody, "bm")
     try:
         await bridge.muc_join("alice", room, "ali", {"config": PERSISTENT})
         await bridge.muc_leave("alice", room, "")
@@ -376,7 +284,7 @@ async def test_bookmarks_autojoin_after_reconnection(daemon, prosody, make_accou
 
 
 @asyncio_test(timeout=120)
-async def test_legacy_bookmarks_without_compat(tmp_path, dbus_bus, make_prosody):  # noqa: F811
+async def test_legacy_bookmarks_without_compat(make_prosody, make_sat_daemon):
     """A server without XEP-0402 compat: XEP-0048 in private PEP, autojoin still works."""
     server = make_prosody(
         extra_global={
@@ -384,193 +292,99 @@ async def test_legacy_bookmarks_without_compat(tmp_path, dbus_bus, make_prosody)
         }
     )
     a = server.register("legacy", "legacy-pass")
-    d = SatDaemon(tmp_path / "daemon", dbus_bus.address, server.ca_cert_path)
-    d.start()
+    d = make_sat_daemon(server)
+    bridge, rec = await setup(d, server, {"alice": a})
+    room = room_jid(server, "legacy")
     try:
-        bridge, rec = await setup(d, server, {"alice": a})
-        room = f"legacy-{uuid.uuid4().hex[:6]}@{server.muc_domain}"
-        try:
-            await bridge.muc_join("alice", room, "ali", {"config": PERSISTENT})
-            await bridge.bookmark_set("alice", room, "Old style", "ali", True, "pw")
-            (bookmark,) = await bridge.bookmarks_list("alice")
-            assert bookmark["has_password"] and bookmark["autojoin"]
-            rec.clear()
-            await bridge.profile_disconnect("alice")
-            await bridge.profile_connect("alice", "")
-            await rec.wait("MucRoomJoined", lambda p, r, i: r == room, timeout=15)
-            (bookmark,) = await bridge.bookmarks_list("alice")
-            assert bookmark["name"] == "Old style"
-        finally:
-            await bridge.close()
-        log = d.log_path.read_text()
-        assert "bookmark(s) (pep)" in log
+        await bridge.muc_join("alice", room, "ali", {"config": PERSISTENT})
+        await bridge.bookmark_set("alice", room, "Old style", "ali", True, "pw")
+        (bookmark,) = await bridge.bookmarks_list("alice")
+        assert bookmark["has_password"] and bookmark["autojoin"]
+        rec.clear()
+        await bridge.profile_disconnect("alice")
+        await bridge.profile_connect("alice", "")
+        await rec.wait("MucRoomJoined", lambda p, r, i: r == room, timeout=15)
+        (bookmark,) = await bridge.bookmarks_list("alice")
+        assert bookmark["name"] == "Old style"
     finally:
-        d.stop()
+        await bridge.close()
+    log = d.log_path.read_text()
+    assert "bookmark(s) (pep)" in log
 
 
 @asyncio_test(timeout=120)
 async def test_rejoin_after_server_restart_and_self_ping(
-    tmp_path,
-    dbus_bus,  # noqa: F811
-    fresh_prosody,
-    make_account,
+    fresh_prosody, make_account, make_sat_daemon
 ):
     server = fresh_prosody
     a = make_account("r-alice", server=server)
-    d = SatDaemon(tmp_path / "daemon", dbus_bus.address, server.ca_cert_path)
-    d.start()
+    d = make_sat_daemon(server)
+    bridge, rec = await setup(d, server, {"alice": a})
+    room = room_jid(server, "restart")
     try:
-        bridge, rec = await setup(d, server, {"alice": a})
-        room = f"restart-{uuid.uuid4().hex[:6]}@{server.muc_domain}"
-        try:
-            await bridge.muc_join("alice", room, "ali", {"config": PERSISTENT})
-            assert await bridge.muc_self_ping("alice", room) == "joined"
+        await bridge.muc_join("alice", room, "ali", {"config": PERSISTENT})
+        assert await bridge.muc_self_ping("alice", room) == "joined"
 
-            # the room silently forgets us: the self-ping notices and we join again
-            server.admin(
-                f'> local room = prosody.hosts["{server.muc_domain}"].modules.muc'
-                f'.get_room_from_jid("{room}"); '
-                f'local occupant = room:get_occupant_by_nick("{room}/ali"); '
-                "occupant.role = nil; room:save_occupant(occupant)"
-            )
-            rec.clear()
-            assert await bridge.muc_self_ping("alice", room) == "rejoined"
-            await rec.wait("MucRoomJoined", lambda p, r, i: r == room and i["rejoined"])
+        # the room silently forgets us: the self-ping notices and we join again
+        server.admin(
+            f'> local room = prosody.hosts["{server.muc_domain}"].modules.muc'
+            f'.get_room_from_jid("{room}"); '
+            f'local occupant = room:get_occupant_by_nick("{room}/ali"); '
+            "occupant.role = nil; room:save_occupant(occupant)"
+        )
+        rec.clear()
+        assert await bridge.muc_self_ping("alice", room) == "rejoined"
+        await rec.wait("MucRoomJoined", lambda p, r, i: r == room and i["rejoined"])
 
-            # a server restart: no stream resumption, a fresh session rejoins the room
-            rec.clear()
-            await asyncio.get_running_loop().run_in_executor(None, server.restart)
-            await rec.wait("Connected", lambda p, jid, resumed: not resumed, timeout=20)
-            (_p, _r, info) = await rec.wait("MucRoomJoined", lambda p, r, i: r == room, timeout=20)
-            assert info["rejoined"] and info["nick"] == "ali"
-            uid = await bridge.message_send("alice", room, "back", {"type": "groupchat"})
-            (_p, message) = await rec.wait("MessageNew", groupchat_from("alice", room, "ali"))
-            assert message["uid"] == uid
-        finally:
-            await bridge.close()
+        # a server restart: no stream resumption, a fresh session rejoins the room
+        rec.clear()
+        await asyncio.get_running_loop().run_in_executor(None, server.restart)
+        await rec.wait("Connected", lambda p, jid, resumed: not resumed, timeout=20)
+        (_p, _r, info) = await rec.wait("MucRoomJoined", lambda p, r, i: r == room, timeout=20)
+        assert info["rejoined"] and info["nick"] == "ali"
+        uid = await bridge.message_send("alice", room, "back", {"type": "groupchat"})
+        message = await rec.new("alice", in_room(room, "ali"))
+        assert message["uid"] == uid
     finally:
-        d.stop()
+        await bridge.close()
 
 
 # --- slixmpp as another occupant ------------------------------------------------------------
 
 
-class SlixOccupant:
-    """A slixmpp client (xep_0045 plugin) on its own loop in a thread."""
-
-    def __init__(self, server, user: str, password: str):
-        self.server = server
-        self.user = user
-        self.password = password
-        self.loop = asyncio.new_event_loop()
-        self.thread = threading.Thread(target=self.loop.run_forever, daemon=True)
-        self.thread.start()
-        self.messages: list[dict] = []
-        self.xmpp = None
-
-    def _run(self, coro) -> asyncio.Future:
-        return asyncio.wrap_future(asyncio.run_coroutine_threadsafe(coro, self.loop))
-
-    async def connect(self):
-        await self._run(self._connect())
-
-    async def _connect(self):
-        import slixmpp
-
-        xmpp = slixmpp.ClientXMPP(f"{self.user}@{self.server.domain}/slix", self.password)
-        xmpp.enable_direct_tls = False
-        xmpp.ca_certs = self.server.ca_cert_path
-        xmpp.register_plugin("xep_0030")
-        xmpp.register_plugin("xep_0045")
-        xmpp.add_event_handler("groupchat_message", self._on_groupchat)
-        started = asyncio.ensure_future(xmpp.wait_until("session_start", timeout=10))
-        xmpp.connect(self.server.host, self.server.c2s_port)
-        await started
-        xmpp.send_presence()
-        self.xmpp = xmpp
-
-    def _on_groupchat(self, msg):
-        self.messages.append(
-            {"room": msg["from"].bare, "nick": msg["mucnick"], "body": msg["body"]}
-        )
-
-    async def join(self, room: str, nick: str):
-        async def run():
-            await self.xmpp.plugin["xep_0045"].join_muc_wait(room, nick, maxstanzas=0, timeout=10)
-
-        await self._run(run())
-
-    async def send(self, room: str, body: str):
-        async def run():
-            self.xmpp.send_message(mto=room, mbody=body, mtype="groupchat")
-
-        await self._run(run())
-
-    async def wait_message(self, predicate: Callable[[dict], bool], timeout=10.0) -> dict:
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            for message in list(self.messages):
-                if predicate(message):
-                    return message
-            await asyncio.sleep(0.05)
-        raise AssertionError(f"slixmpp did not receive the message: {self.messages}")
-
-    async def close(self):
-        if self.thread is None:
-            return
-        if self.xmpp is not None:
-            xmpp, self.xmpp = self.xmpp, None
-
-            async def disconnect():
-                disconnected = asyncio.ensure_future(xmpp.wait_until("disconnected", timeout=5))
-                xmpp.disconnect(wait=1.0)
-                try:
-                    await disconnected
-                except Exception:
-                    pass
-                # slixmpp cancels this task when collected: finish it while the loop lives
-                task = getattr(xmpp, "_run_out_filters", None)
-                if task is not None and not task.done():
-                    task.cancel()
-                    try:
-                        await task
-                    except BaseException:
-                        pass
-
-            try:
-                await self._run(disconnect())
-            except Exception:
-                pass
-        self.loop.call_soon_threadsafe(self.loop.stop)
-        self.thread.join(5)
-        self.thread = None
-        self.loop.close()
-
-
 @asyncio_test(timeout=90)
-async def test_slixmpp_occupant_interop(daemon, prosody, make_account):
+async def test_slixmpp_occupant_interop(sat_daemon, prosody, make_account):
     a, s = make_account("x-alice"), make_account("x-slix")
-    bridge, rec = await setup(daemon, prosody, {"alice": a})
-    room = room_name(prosody, "interop")
-    slix = SlixOccupant(prosody, s.user, s.password)
+    bridge, rec = await setup(sat_daemon, prosody, {"alice": a})
+    room = room_jid(prosody, "interop")
+    # on its own loop in a thread: everything touching slix.xmpp goes through slix.run
+    slix = SlixPeer(
+        prosody, s, plugins=("xep_0030", "xep_0045"), record=("groupchat_message",), own_loop=True
+    )
     try:
         await bridge.muc_join("alice", room, "alice", {})
-        await slix.connect()
-        await slix.join(room, "slixy")
+        await slix.connect(timeout=10)
+        await slix.join_room(room, "slixy")
         (_p, _r, occupant) = await rec.wait(
             "MucOccupantUpdate", lambda p, r, o: o["nick"] == "slixy" and o["state"] == "joined"
         )
         assert occupant["role"] == "participant"
 
         # slixmpp sends, we receive
-        await slix.send(room, "Hello from slixmpp ✓")
-        (_p, message) = await rec.wait("MessageNew", groupchat_from("alice", room, "slixy"))
+        await slix.send_message(room, "Hello from slixmpp ✓", "groupchat")
+        message = await rec.new("alice", in_room(room, "slixy"))
         assert message["body"] == "Hello from slixmpp ✓" and not message["outgoing"]
 
         # we send, slixmpp receives with our nick
         await bridge.message_send("alice", room, "Hello slixmpp, ça va ?", {"type": "groupchat"})
-        got = await slix.wait_message(lambda m: m["body"] == "Hello slixmpp, ça va ?")
-        assert got == {"room": room, "nick": "alice", "body": "Hello slixmpp, ça va ?"}
+        got = await slix.wait_event(
+            "groupchat_message", lambda m: m["body"] == "Hello slixmpp, ça va ?"
+        )
+        assert {"room": got["from"].bare, "nick": got["mucnick"], "body": got["body"]} == {
+            "room": room,
+            "nick": "alice",
+            "body": "Hello slixmpp, ça va ?",
+        }
 
         # slixmpp leaves: we see it
         await slix.close()

@@ -21,6 +21,7 @@ from typing import Any
 import pytest
 
 from tests.support.prosody import LOOPBACK, ProsodyServer
+from tests.support.slix_peer import new_client
 
 NS_TLS = "urn:ietf:params:xml:ns:xmpp-tls"
 NS_SASL = "urn:ietf:params:xml:ns:xmpp-sasl"
@@ -140,16 +141,11 @@ class _Client:
     """A slixmpp client that records the stream features it receives."""
 
     def __init__(self, server: ProsodyServer, user: str, password: str, mech: str) -> None:
-        import slixmpp
         from slixmpp.xmlstream.handler import Callback
         from slixmpp.xmlstream.matcher import MatchXPath
 
         self.server = server
-        self.xmpp = slixmpp.ClientXMPP(f"{user}@{server.domain}", password, sasl_mech=mech)
-        self.xmpp.enable_direct_tls = False
-        self.xmpp.enable_starttls = True
-        self.xmpp.enable_plaintext = False
-        self.xmpp.ca_certs = server.ca_cert_path
+        self.xmpp = new_client(server, f"{user}@{server.domain}", password, sasl_mech=mech)
         self.features: list[ET.Element] = []
         self.xmpp.register_handler(
             Callback(

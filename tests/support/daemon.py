@@ -5,15 +5,20 @@
 runs ``python -m sat.launcher fg`` from the source tree. ``start()`` waits for
 the ready file; ``stop()`` sends SIGTERM (clean shutdown), ``kill()`` SIGKILL.
 The same data directory survives restarts, which is what crash tests need.
+
+``sat_daemon_on_private_bus(workdir, ca_file)`` is the usual way in: a private dbus-daemon and
+a started daemon on it, both stopped when the ``with`` block ends.
 """
 
 from __future__ import annotations
 
+import contextlib
 import os
 import signal
 import subprocess
 import sys
 import time
+from collections.abc import Iterator
 from pathlib import Path
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
@@ -120,3 +125,25 @@ class SatDaemon:
                     + "\n"
                 )
         return text
+
+
+@contextlib.contextmanager
+def sat_daemon_on_private_bus(
+    workdir: str | Path, ca_file: str | Path | None = None, extra_config: str = ""
+) -> Iterator[SatDaemon]:
+    """A started :class:`SatDaemon` on its own private ``dbus-daemon``, stopped on exit.
+
+    The bus lives in ``workdir/dbus`` and the daemon in ``workdir/daemon``. The daemon may be
+    stopped, killed or restarted inside the block: it is stopped at the end only if running.
+    """
+    from tests.support.dbus import DBusDaemon
+
+    workdir = Path(workdir)
+    with DBusDaemon(workdir / "dbus") as bus:
+        daemon = SatDaemon(workdir / "daemon", bus.address, ca_file, extra_config)
+        daemon.start()
+        try:
+            yield daemon
+        finally:
+            if daemon.process is not None:
+                daemon.stop()

@@ -6,6 +6,9 @@ Plain helpers (usable from scripts such as ``bench/bench_bridge.py``)::
         with BackendProcess(bus.address) as backend:  # a daemon process serving TEST_API
             ...                                       # connect clients to bus.address
 
+``gdbus_call_command(bus.address, "org.salutatoi.SAT.core.Echo", "hi")`` is the ``gdbus call``
+command line for a bridge method, as a person would type it.
+
 Pytest fixtures (import them into a conftest or a test module)::
 
     from tests.support.dbus import dbus_bus, dbus_bus_module  # noqa: F401
@@ -53,6 +56,7 @@ __all__ = [
     "declare_test_api",
     "asyncio_test",
     "run_sync",
+    "gdbus_call_command",
     "dbus_bus",
     "dbus_bus_module",
     "DBUS_DAEMON",
@@ -446,6 +450,27 @@ def _serve(address: str, echo_only: bool = False) -> None:
 
     reactor.callWhenRunning(begin)
     reactor.run()
+
+
+def gdbus_call_command(address: str, member: str, *args: str) -> list[str]:
+    """The ``gdbus call`` command line calling ``member`` (``interface.Member``) with ``args``
+    on the bridge object (``org.salutatoi.SAT``, ``/org/salutatoi/SAT/bridge``) of the bus at
+    ``address``."""
+    from sat.bridge.contract import BUS_NAME, OBJECT_PATH
+
+    return [
+        "gdbus",
+        "call",
+        "--address",
+        address,
+        "--dest",
+        BUS_NAME,
+        "--object-path",
+        OBJECT_PATH,
+        "--method",
+        member,
+        *args,
+    ]
 
 
 # ---------------------------------------------------------------------------- pytest glue
