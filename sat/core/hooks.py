@@ -11,8 +11,8 @@ a remote contact sends may crash the daemon.
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable
-from dataclasses import dataclass
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass, field
 
 from twisted.internet import defer
 
@@ -33,27 +33,50 @@ POINTS = {
 @dataclass(order=True)
 class _Entry:
     sort_key: tuple
-    callback: Callable
+    callback: Callable = field(compare=False)
+    #: run only for stanzas with a direct child in one of these namespaces (None: always)
+    namespaces: frozenset | None = field(default=None, compare=False)
 
 
 class Hooks:
+    """The hook points and their callbacks.
+
+    Every received message runs the ``message_received`` chain, so the chain is cheap to
+    run: callbacks that only care about one extension declare its namespaces and are
+    skipped for stanzas without it, and the chain stays synchronous (no coroutine, no
+    Deferred) until a callback actually returns something to wait for.
+    """
+
     def __init__(self):
-        self._hooks: dict[str, list[_Entry]] = {p: [] for p in POINTS}
+        self._hooks: dict[str, tuple[_Entry, ...]] = {p: () for p in POINTS}
         self._counter = 0
 
-    def add(self, point: str, callback: Callable, priority: int = 0) -> None:
+    def add(
+        self,
+        point: str,
+        callback: Callable,
+        priority: int = 0,
+        namespaces: Iterable[str] | None = None,
+    ) -> None:
+        """Register ``callback`` at ``point``; higher ``priority`` runs first.
+
+        ``namespaces``: the callback only matters for stanzas carrying a direct child in one
+        of these namespaces (e.g. receipts); it is skipped for the others when the point is
+        run with the stanza's ``namespaces`` (``message_received`` is).
+        """
         if point not in self._hooks:
             raise ValueError(f"unknown hook point {point!r}")
         self._counter += 1
-        self._hooks[point].append(_Entry((-priority, self._counter), callback))
-        self._hooks[point].sort()
+        wanted = frozenset(namespaces) if namespaces is not None else None
+        entry = _Entry((-priority, self._counter), callback, wanted)
+        self._hooks[point] = tuple(sorted((*self._hooks[point], entry)))
 
     def remove(self, point: str, callback: Callable) -> None:
-        self._hooks[point] = [e for e in self._hooks[point] if e.callback != callback]
+        self._hooks[point] = tuple(e for e in self._hooks[point] if e.callback != callback)
 
     def run_sync(self, point: str, *args) -> bool:
         """Run a point whose callbacks are all synchronous; False if one stopped the chain."""
-        for entry in list(self._hooks[point]):
+        for entry in self._hooks[point]:
             try:
                 if entry.callback(*args) is STOP:
                     return False
@@ -61,13 +84,55 @@ class Hooks:
                 log.exception("hook %s callback %r failed", point, entry.callback)
         return True
 
-    async def run(self, point: str, *args) -> bool:
+    async def run(self, point: str, *args, namespaces: frozenset | set | None = None) -> bool:
         """Run a point, awaiting async callbacks; False if one stopped the chain."""
-        for entry in tuple(self._hooks[point]):
+        result = self.start(point, *args, namespaces=namespaces)
+        if result is True or result is False:
+            return result
+        return await result
+
+    def start(self, point: str, *args, namespaces: frozenset | set | None = None):
+        """Run a point synchronously as far as its callbacks allow.
+
+        Returns True/False (False: a callback stopped the chain) when every callback
+        returned a plain value, else an awaitable of that bool: the rest of the chain runs
+        once the first callback's awaitable is done. ``namespaces``: those of the stanza's
+        direct children, to skip the callbacks registered for other namespaces.
+        """
+        entries = self._hooks[point]
+        for index, entry in enumerate(entries):
+            wanted = entry.namespaces
+            if wanted is not None and namespaces is not None and wanted.isdisjoint(namespaces):
+                continue
+            try:
+                result = entry.callback(*args)
+            except Exception:
+                log.exception("hook %s callback %r failed", point, entry.callback)
+                continue
+            if result is None:
+                continue
+            if result is STOP:
+                return False
+            if isinstance(result, defer.Deferred) or hasattr(result, "__await__"):
+                return self._finish(point, entries, index, result, args, namespaces)
+        return True
+
+    async def _finish(self, point, entries, index, pending, args, namespaces) -> bool:
+        """The rest of a chain, from the callback at ``index`` that returned ``pending``."""
+        try:
+            result = await pending
+        except Exception:
+            log.exception("hook %s callback %r failed", point, entries[index].callback)
+            result = None
+        if result is STOP:
+            return False
+        for entry in entries[index + 1 :]:
+            wanted = entry.namespaces
+            if wanted is not None and namespaces is not None and wanted.isdisjoint(namespaces):
+                continue
             try:
                 result = entry.callback(*args)
                 if result is None:
-                    # the common case (run for every message): skip the isinstance checks
                     continue
                 if isinstance(result, defer.Deferred) or hasattr(result, "__await__"):
                     result = await result

@@ -19,7 +19,6 @@ import logging
 import os
 import threading
 import time
-import uuid
 
 from twisted.internet import defer
 from twisted.words.protocols.jabber import jid as jabber_jid
@@ -53,8 +52,11 @@ def new_uid() -> str:
             _uid_pool = os.urandom(_UID_POOL_SIZE)
             at = 0
         _uid_at = at + 16
-        chunk = _uid_pool[at : at + 16]
-    return uuid.UUID(bytes=chunk, version=4).hex
+        chunk = bytearray(_uid_pool[at : at + 16])
+    # RFC 4122 version 4 and variant bits, as uuid.UUID(bytes=..., version=4) sets them
+    chunk[6] = (chunk[6] & 0x0F) | 0x40
+    chunk[8] = (chunk[8] & 0x3F) | 0x80
+    return chunk.hex()
 
 
 @functools.lru_cache(maxsize=8192)
@@ -137,7 +139,20 @@ class MessageHandling:
         if getattr(elt, "handled", False):
             # consumed by a higher-priority observer (e.g. a MAM result wrapper, XEP-0313)
             return
-        d = defer.ensureDeferred(self.received(client, elt))
+        # The receive loop stays synchronous (no coroutine, no Deferred) until a hook or
+        # the storage has something to wait for: a coroutine per message showed under floods.
+        try:
+            started = self._start_received(client, elt, None)
+            if started is None:
+                return
+            if isinstance(started, dict):
+                d = self._store_and_signal(client, started)
+            else:
+                d = defer.ensureDeferred(started).addCallback(
+                    lambda data: None if data is None else self._store_and_signal(client, data)
+                )
+        except Exception:
+            d = defer.fail()
         d.addErrback(lambda f: log.error("[%s] message dropped: %s", client.profile, f.value))
 
     async def received(self, client, elt: domish.Element, extra: dict | None = None) -> None:
@@ -146,19 +161,35 @@ class MessageHandling:
         ``extra`` pre-fills ``data["extra"]`` for a message unwrapped by a plugin (e.g.
         ``{"carbon": "sent"}`` for a XEP-0280 copy), so the hooks know where it came from.
         """
+        data = self._start_received(client, elt, extra)
+        if data is not None and not isinstance(data, dict):
+            data = await data
+        if data is not None:
+            await self._store_and_signal(client, data)
+
+    def _start_received(self, client, elt: domish.Element, extra: dict | None):
+        """Parse a received message and run the hooks: the data to store, None (dropped),
+        or an awaitable of either when a hook has to wait."""
         if elt.getAttribute("type") == "error":
             log.info("[%s] error message from %s", client.profile, elt.getAttribute("from"))
-            return
+            return None
         try:
             data = parse_message(elt, client.jid)
         except (ValueError, jabber_jid.InvalidFormat) as e:
             log.warning("[%s] malformed message dropped: %s", client.profile, e)
-            return
+            return None
         if extra:
             data["extra"].update(extra)
-        if not await self.process_received(client, elt, data):
-            return
-        await self.store_and_signal(client, data)
+        keep = self.run_received_hooks(client, elt, data)
+        if keep is True:
+            return data
+        if keep is False:
+            return None
+        return self._finish_received(keep, data)
+
+    @staticmethod
+    async def _finish_received(pending, data: dict) -> dict | None:
+        return data if await pending else None
 
     async def process_received(self, client, elt: domish.Element, data: dict) -> bool:
         """Run the ``message_received`` hooks on a parsed message; True if it is to be stored.
@@ -166,17 +197,48 @@ class MessageHandling:
         Shared by live messages and archived ones (MAM, which sets ``extra["archived"]``
         and stores them in batches itself).
         """
-        if not await self.host.hooks.run("message_received", client, elt, data):
+        keep = self.run_received_hooks(client, elt, data)
+        if keep is True or keep is False:
+            return keep
+        return await keep
+
+    def run_received_hooks(self, client, elt: domish.Element, data: dict):
+        """:meth:`process_received` without a coroutine when no hook has to wait: True/False
+        (store or not), or an awaitable of it. The ``message_received`` chain skips the
+        plugins for extensions the stanza lacks."""
+        namespaces = {c.uri for c in elt.children if not isinstance(c, str)}
+        started = self.host.hooks.start(
+            "message_received", client, elt, data, namespaces=namespaces
+        )
+        if started is True:
+            return self._worth_storing(data)
+        if started is False:
             return False
+        return self._finish_hooks(started, data)
+
+    async def _finish_hooks(self, pending, data: dict) -> bool:
+        return await pending and self._worth_storing(data)
+
+    @staticmethod
+    def _worth_storing(data: dict) -> bool:
         return not (
             data["body"] is None and data["subject"] is None and not data["extra"].get("store")
         )
 
     async def store_and_signal(self, client, data: dict) -> None:
-        if not await self.host.storage.history_add(client.profile, data):
-            log.debug("[%s] duplicate message %s ignored", client.profile, data["uid"])
+        await self._store_and_signal(client, data)
+
+    def _store_and_signal(self, client, data: dict) -> defer.Deferred:
+        """Store a message (duplicates dropped) and tell the frontends; a Deferred."""
+        d = self.host.storage.history_add_deferred(client.profile, data)
+        d.addCallback(self._signal_stored, client.profile, data)
+        return d
+
+    def _signal_stored(self, stored: bool, profile: str, data: dict) -> None:
+        if not stored:
+            log.debug("[%s] duplicate message %s ignored", profile, data["uid"])
             return
-        self.host.bridge.emit("MessageNew", client.profile, signal_data(data))
+        self.host.bridge.emit("MessageNew", profile, signal_data(data))
 
     async def update(
         self, profile: str, uid: str, update_type: str, extra_updates: dict, data=None

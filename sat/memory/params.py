@@ -20,6 +20,8 @@ from twisted.words.protocols.jabber import jid as jabber_jid
 from sat.core import errors
 
 TYPES = ("string", "int", "bool", "jid", "password", "choice")
+#: what :meth:`Params.peek` returns for a setting not yet read from the database
+UNKNOWN = object()
 
 
 @dataclass(frozen=True)
@@ -155,6 +157,26 @@ class Params:
         if raw is None:
             return definition.default
         return definition.parse(raw)
+
+    def peek(self, category: str, name: str, profile: str | None = None):
+        """Typed value if known without reading the database, else :data:`UNKNOWN`.
+
+        For hooks run on every message: they take this synchronous path and fall back to
+        :meth:`get` only the first time (the storage keeps read settings in memory).
+        """
+        definition = self.definition(category, name)
+        if definition.secret:
+            raise errors.PermissionDenied(
+                f"parameter {category}/{name} is a secret and cannot be read"
+            )
+        owner = self._profile_for(definition, profile)
+        cached = getattr(self.storage, "param_cached", None)
+        if cached is None:
+            return UNKNOWN
+        found, raw = cached(category, name, owner)
+        if not found:
+            return UNKNOWN
+        return definition.default if raw is None else definition.parse(raw)
 
     async def set(self, category: str, name: str, value, profile: str | None = None) -> None:
         definition = self.definition(category, name)

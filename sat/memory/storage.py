@@ -655,6 +655,14 @@ class Storage:
 
     # -- params (settings)
 
+    def param_cached(self, category: str, name: str, profile: str | None = None):
+        """``(True, value)`` if the setting is in memory (value None when unset), else
+        ``(False, None)``: a synchronous look for code run on every message."""
+        try:
+            return True, self._param_cache[(category, name, profile)]
+        except KeyError:
+            return False, None
+
     async def param_get(
         self, category: str, name: str, profile: str | None = None, default: str | None = None
     ) -> str | None:
@@ -887,10 +895,18 @@ class Storage:
         A duplicate is a message with the same ``uid``, or the same (stanza_id,
         stanza_id_by), or the same (source, origin_id) as a stored one of the profile.
         """
-        profile = _check_name(profile, "profile")
-        row = _message_row(message)
-        if self._state != "open" or self._db is None:
-            raise StorageError(f"storage {self.path} is {self._state}, not open")
+        return await self.history_add_deferred(profile, message)
+
+    def history_add_deferred(self, profile: str, message: dict) -> defer.Deferred:
+        """:meth:`history_add` as a plain Deferred (no coroutine: the receive loop's way).
+        Errors (bad profile name or message, closed storage) come as a failed Deferred."""
+        try:
+            profile = _check_name(profile, "profile")
+            row = _message_row(message)
+            if self._state != "open" or self._db is None:
+                raise StorageError(f"storage {self.path} is {self._state}, not open")
+        except Exception:
+            return defer.fail()
         d = defer.Deferred()
         with self._add_lock:
             batch = self._add_batch
@@ -905,7 +921,7 @@ class Storage:
             done.addCallbacks(
                 self._history_add_fan_out, self._history_add_fail, (batch,), None, (batch,), None
             )
-        return await d
+        return d
 
     # Group commit: history_add calls arriving while the database thread is busy join
     # the batch that is still open (queued, not yet started), and the whole batch is written

@@ -44,6 +44,7 @@ from sat.core import (
     errors,
     wokkel_compat,  # noqa: F401  (sat/__init__ loads it before wokkel)
 )
+from sat.core.messages import parse_jid as cached_jid
 from sat.core.plugin import Plugin
 from sat.memory.config import register_option, register_section
 
@@ -473,7 +474,7 @@ class DiscoPlugin(Plugin):
         if isinstance(jid, jabber_jid.JID):
             return jid
         try:
-            return jabber_jid.JID(str(jid))
+            return cached_jid(str(jid))
         except jabber_jid.InvalidFormat as e:
             raise errors.InvalidArgument(f"invalid JID {jid!r}: {e}") from None
 
@@ -599,6 +600,18 @@ class DiscoPlugin(Plugin):
         result = await self._share((client.profile, "items") + key, fetch)
         self._items_cache.setdefault(client.profile, {})[key] = result
         return result
+
+    def cached_feature(self, client, feature: str, jid=None) -> bool | None:
+        """Whether ``jid`` (None: our server) advertises ``feature``, from the cache only:
+        None when its disco#info was not fetched yet (then use :meth:`has_feature`)."""
+        try:
+            entity = self.parse_jid(client, jid)
+        except errors.InvalidArgument:
+            return None
+        info = self._info_cache.get(client.profile, {}).get((entity.full(), ""))
+        if info is None:
+            return None
+        return feature in info.features
 
     async def has_feature(self, client, feature: str, jid=None) -> bool:
         """True if ``jid`` (None: our server) advertises ``feature``.

@@ -48,7 +48,7 @@ from zope.interface import implementer
 from sat.core import errors
 from sat.core.messages import new_uid, parse_jid
 from sat.core.plugin import Plugin
-from sat.memory.params import ParamDef
+from sat.memory.params import UNKNOWN, ParamDef
 
 log = logging.getLogger(__name__)
 
@@ -157,11 +157,32 @@ def presence_authorized(client, entity: str) -> bool:
 
 async def privacy_allows(host, client, param: str, entity: str) -> bool:
     """Apply a ``privacy/<param>`` choice (contacts / everyone / nobody) to ``entity``."""
+    allowed = privacy_allows_now(host, client, param, entity)
+    if allowed is not None:
+        return allowed
     try:
         choice = await host.params.get("privacy", param, client.profile)
     except Exception as e:
         log.debug("[%s] privacy/%s unreadable (%s): contacts only", client.profile, param, e)
         choice = "contacts"
+    return _apply_privacy(choice, client, entity)
+
+
+def privacy_allows_now(host, client, param: str, entity: str) -> bool | None:
+    """:func:`privacy_allows` without waiting: None when the choice is not in memory yet."""
+    peek = getattr(host.params, "peek", None)
+    if peek is None:
+        return None
+    try:
+        choice = peek("privacy", param, client.profile)
+    except Exception:
+        return None
+    if choice is UNKNOWN:
+        return None
+    return _apply_privacy(choice, client, entity)
+
+
+def _apply_privacy(choice: str, client, entity: str) -> bool:
     if choice == "nobody":
         return False
     if choice == "everyone":
@@ -203,7 +224,7 @@ class ReceiptsPlugin(Plugin):
             for definition in PARAMS:
                 params.declare(definition)
         host.hooks.add("message_send", self._on_send, PRIORITY)
-        host.hooks.add("message_received", self._on_received, PRIORITY)
+        host.hooks.add("message_received", self._on_received, PRIORITY, namespaces=[NS_RECEIPTS])
 
     def get_handler(self, client):
         return ReceiptsHandler()
@@ -236,12 +257,15 @@ class ReceiptsPlugin(Plugin):
 
     # --- receiving ----------------------------------------------------------------------
 
-    async def _on_received(self, client, elt: domish.Element, data: dict) -> None:
+    def _on_received(self, client, elt: domish.Element, data: dict):
+        # synchronous for a request (most messages carry one) once the privacy choice is
+        # in memory; a coroutine for a receipt (it updates the stored message)
         received = child(elt, NS_RECEIPTS, "received")
         if received is not None:
-            await self._on_ack(client, elt, data, received)
-        elif child(elt, NS_RECEIPTS, "request") is not None:
-            await self._answer(client, elt, data)
+            return self._on_ack(client, elt, data, received)
+        if child(elt, NS_RECEIPTS, "request") is not None:
+            return self._answer(client, elt, data)
+        return None
 
     async def find_sent(self, client, peer: str, msg_id: str) -> dict | None:
         """Our stored outgoing message to ``peer`` with stanza id ``msg_id``, or None."""
@@ -295,7 +319,9 @@ class ReceiptsPlugin(Plugin):
             return
         log.debug("[%s] message %s delivered to %s", client.profile, found["uid"], sender)
 
-    async def _answer(self, client, elt: domish.Element, data: dict) -> None:
+    def _answer(self, client, elt: domish.Element, data: dict):
+        """Send the receipt asked for, if allowed; None, or a coroutine when the privacy
+        choice has to be read first."""
         extra = data["extra"]
         msg_id = elt.getAttribute("id")
         if extra.get("carbon") or extra.get("archived") or data["outgoing"]:
@@ -307,11 +333,23 @@ class ReceiptsPlugin(Plugin):
         sender = elt.getAttribute("from")
         if not sender:
             return
-        if not await privacy_allows(self.host, client, "receipts", sender):
+        allowed = privacy_allows_now(self.host, client, "receipts", sender)
+        if allowed is None:
+            return self._answer_when_known(client, elt, data, sender, msg_id)
+        self._send_receipt(client, elt, data, sender, msg_id, allowed)
+        return None
+
+    async def _answer_when_known(self, client, elt, data, sender: str, msg_id: str) -> None:
+        allowed = await privacy_allows(self.host, client, "receipts", sender)
+        self._send_receipt(client, elt, data, sender, msg_id, allowed)
+
+    def _send_receipt(self, client, elt, data, sender: str, msg_id: str, allowed: bool) -> None:
+        if not allowed:
             log.debug(
                 "[%s] no receipt to %s (not allowed to see our presence)", client.profile, sender
             )
             return
+        extra = data["extra"]
         ack = domish.Element((None, "message"))
         ack["to"] = sender
         ack["id"] = new_uid()

@@ -94,7 +94,7 @@ class DelayPlugin(Plugin):
 
     def __init__(self, host):
         super().__init__(host)
-        host.hooks.add("message_received", self._on_received, PRIORITY)
+        host.hooks.add("message_received", self._on_received, PRIORITY, namespaces=[NS_DELAY])
 
     def trust_rank(self, client, data: dict, delay_from: str | None) -> int | None:
         """Lower is more trusted; None: a delay claimed by an unrelated entity."""

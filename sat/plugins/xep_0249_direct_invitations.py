@@ -70,7 +70,12 @@ class DirectInvitationsPlugin(Plugin):
 
     def __init__(self, host):
         super().__init__(host)
-        host.hooks.add("message_received", self._on_message_received, priority=70)
+        host.hooks.add(
+            "message_received",
+            self._on_message_received,
+            priority=70,
+            namespaces=[NS_CONFERENCE, NS_MUC_USER],
+        )
         bridge = getattr(host, "bridge", None)
         if bridge is not None:
             bridge.add_method(

@@ -80,7 +80,7 @@ class CarbonsPlugin(Plugin):
 
     def __init__(self, host):
         super().__init__(host)
-        host.hooks.add("message_received", self._on_received, PRIORITY)
+        host.hooks.add("message_received", self._on_received, PRIORITY, namespaces=[NS_CARBONS])
         host.hooks.add("message_send", self._on_send, SEND_PRIORITY)
 
     async def profile_connected(self, client) -> None:

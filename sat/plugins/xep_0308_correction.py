@@ -478,8 +478,11 @@ class EditingPlugin(Plugin):
         )
 
     def _note_identity(self, client, elt: domish.Element, data: dict) -> None:
-        if data["type"] != "groupchat" and not data.get("source_resource"):
-            return
+        if data["type"] != "groupchat" and (
+            not data.get("source_resource")
+            or (not data["extra"].get("muc_pm") and self.room_of(client, data["source"]) is None)
+        ):
+            return  # a 1:1 message: nothing to note
         author = self.author_of(client, elt, data)
         if author is not None:
             self.note_author(client, elt, data, author)
@@ -795,7 +798,9 @@ class CorrectionPlugin(EditingPlugin):
 
     def __init__(self, host):
         super().__init__(host)
-        host.hooks.add("message_received", self._on_received, CORRECTION_PRIORITY)
+        host.hooks.add(
+            "message_received", self._on_received, CORRECTION_PRIORITY, namespaces=[NS_LMC]
+        )
         self._add_method(
             "MessageCorrect",
             self._bridge_correct,

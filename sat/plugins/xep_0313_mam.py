@@ -426,7 +426,7 @@ class MAMPlugin(Plugin):
         self._live: dict[str, OrderedDict] = {}
         #: profile -> Deferred fired once our initial presence of the session went out
         self._presence_waiters: dict[str, defer.Deferred] = {}
-        host.hooks.add("message_received", self._on_message_received, 1000)
+        host.hooks.add("message_received", self._on_message_received, 1000, namespaces=[NS_SID])
         host.hooks.add("presence_send", self._on_presence_send, -1000)
         self._declare_param()
         self._register_bridge()
@@ -906,7 +906,10 @@ class MAMPlugin(Plugin):
                 continue
             timestamp = data["timestamp"]
             last_ts = timestamp
-            if not await messages.process_received(client, inner, data):
+            keep = messages.run_received_hooks(client, inner, data)
+            if keep is not True and keep is not False:
+                keep = await keep  # a hook had to wait (the usual case has no coroutine)
+            if not keep:
                 ignored += 1
                 continue
             # the archive is the authority for these

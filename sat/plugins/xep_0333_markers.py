@@ -101,7 +101,7 @@ class MarkersPlugin(Plugin):
             for definition in PARAMS:
                 params.declare(definition)
         host.hooks.add("message_send", self._on_send, PRIORITY)
-        host.hooks.add("message_received", self._on_received, PRIORITY)
+        host.hooks.add("message_received", self._on_received, PRIORITY, namespaces=[NS_MARKERS])
         bridge = getattr(host, "bridge", None)
         if bridge is not None:
             bridge.add_method(
@@ -232,7 +232,9 @@ class MarkersPlugin(Plugin):
         else:
             extra.pop("markable", None)
 
-    async def _on_received(self, client, elt: domish.Element, data: dict) -> None:
+    def _on_received(self, client, elt: domish.Element, data: dict):
+        # synchronous for <markable/> (on most messages); a coroutine for a marker, which
+        # updates stored messages
         markers = [c for c in elt.elements() if c.uri == NS_MARKERS]
         if not markers:
             return
@@ -257,13 +259,16 @@ class MarkersPlugin(Plugin):
         if not marked_id or len(marked_id) > MAX_ID_LENGTH:
             log.info("[%s] chat marker without usable id ignored", client.profile)
             return
+        return self._apply_marker(client, data, marker.name, marked_id)
+
+    async def _apply_marker(self, client, data: dict, name: str, marked_id: str) -> None:
         try:
             if data["type"] == "groupchat":
-                await self._room_marker(client, data, marker.name, marked_id)
+                await self._room_marker(client, data, name, marked_id)
             elif data["outgoing"] or data["extra"].get("carbon") == "sent":
-                await self._own_marker(client, data, marker.name, marked_id)
+                await self._own_marker(client, data, name, marked_id)
             else:
-                await self._contact_marker(client, data, marker.name, marked_id)
+                await self._contact_marker(client, data, name, marked_id)
         except errors.SatError as e:
             log.info("[%s] chat marker ignored: %s", client.profile, e)
 

@@ -106,7 +106,10 @@ class UniqueIdsPlugin(Plugin):
     def __init__(self, host):
         super().__init__(host)
         host.hooks.add("message_send", self._on_send, PRIORITY)
-        host.hooks.add("message_received", self._on_received, PRIORITY)
+        # every message has an id to note; only those with a <stanza-id/> or an <origin-id/>
+        # need the rest
+        host.hooks.add("message_received", self._note_message_id, PRIORITY)
+        host.hooks.add("message_received", self._on_received, PRIORITY, namespaces=[NS_SID])
 
     def get_handler(self, client):
         return UniqueIdsHandler()
@@ -145,13 +148,16 @@ class UniqueIdsPlugin(Plugin):
             log.info("[%s] cannot tell if %s stamps stanza-ids: %s", client.profile, entity, e)
             return False
 
+    @staticmethod
+    def _note_message_id(client, elt: domish.Element, data: dict) -> None:
+        extra = data["extra"]
+        msg_id = elt.getAttribute("id")
+        if "message_id" not in extra and valid_id(msg_id):
+            extra["message_id"] = msg_id
+
     def _on_received(self, client, elt: domish.Element, data: dict):
         # synchronous unless there is a stanza-id to check (a coroutine per message showed
         # in the receive loop)
-        extra = data["extra"]
-        msg_id = elt.getAttribute("id")
-        if valid_id(msg_id) and "message_id" not in extra:
-            extra["message_id"] = msg_id
         if data.get("origin_id") is None:
             data["origin_id"] = origin_id_of(elt)
         if data.get("stanza_id") is not None:
@@ -174,10 +180,22 @@ class UniqueIdsPlugin(Plugin):
                     elt.getAttribute("from"),
                 )
             return
+        disco_plugin = self.host.plugins.get("XEP-0030")
+        if disco_plugin is not None:
+            # the usual case: our server's (or the room's) features are cached since login
+            known = disco_plugin.cached_feature(client, NS_SID, trusted_by)
+            if known is not None:
+                self._accept_stanza_id(client, data, trusted_by, matching[0], known)
+                return None
         return self._check_stanza_id(client, data, trusted_by, matching[0])
 
     async def _check_stanza_id(self, client, data: dict, trusted_by: str, stanza_id: str):
-        if not await self.supports_sid(client, trusted_by):
+        supported = await self.supports_sid(client, trusted_by)
+        self._accept_stanza_id(client, data, trusted_by, stanza_id, supported)
+
+    @staticmethod
+    def _accept_stanza_id(client, data: dict, trusted_by: str, stanza_id: str, supported: bool):
+        if not supported:
             log.info(
                 "[%s] stanza-id by %s ignored: %s does not announce %s",
                 client.profile,

@@ -86,7 +86,12 @@ class RetractionPlugin(EditingPlugin):
 
     def __init__(self, host):
         super().__init__(host)
-        host.hooks.add("message_received", self._on_received, EARLY_PRIORITY)
+        host.hooks.add(
+            "message_received",
+            self._on_received,
+            EARLY_PRIORITY,
+            namespaces=[NS_RETRACT, NS_FASTEN],
+        )
         self._add_method(
             "MessageRetract",
             self._bridge_retract,

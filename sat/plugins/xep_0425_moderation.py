@@ -84,7 +84,9 @@ class ModerationPlugin(EditingPlugin):
 
     def __init__(self, host):
         super().__init__(host)
-        host.hooks.add("message_received", self._on_received, PRIORITY)
+        host.hooks.add(
+            "message_received", self._on_received, PRIORITY, namespaces=[NS_RETRACT, NS_FASTEN]
+        )
         self._add_method(
             "MessageModerate",
             self._bridge_moderate,

@@ -227,7 +227,9 @@ class ReactionsPlugin(EditingPlugin):
 
     def __init__(self, host):
         super().__init__(host)
-        host.hooks.add("message_received", self._on_received, EARLY_PRIORITY)
+        host.hooks.add(
+            "message_received", self._on_received, EARLY_PRIORITY, namespaces=[NS_REACTIONS]
+        )
         #: (profile, id of a reactions message we sent) -> (uid, our previous reactions)
         self._sent: OrderedDict[tuple[str, str], tuple[str, list[str]]] = OrderedDict()
         self._add_method(

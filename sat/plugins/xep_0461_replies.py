@@ -95,7 +95,7 @@ class RepliesPlugin(EditingPlugin):
     def __init__(self, host):
         super().__init__(host)
         host.hooks.add("message_send", self._on_send, SEND_PRIORITY)
-        host.hooks.add("message_received", self._on_received, EARLY_PRIORITY)
+        host.hooks.add("message_received", self._on_received, EARLY_PRIORITY, namespaces=[NS_REPLY])
 
     # --- sending --------------------------------------------------------------------------
 

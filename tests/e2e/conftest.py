@@ -22,7 +22,12 @@ from pathlib import Path
 
 import pytest
 
-from tests.integration.conftest import make_account, prosody, sat_daemon  # noqa: F401
+from tests.integration.conftest import (  # noqa: F401
+    make_account,
+    make_sat_daemon,
+    prosody,
+    sat_daemon,
+)
 from tests.support.daemon import REPO_ROOT
 
 TMUX = shutil.which("tmux") or "/usr/bin/tmux"

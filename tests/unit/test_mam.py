@@ -17,7 +17,7 @@ import uuid
 
 import pytest
 import pytest_twisted
-from twisted.internet import task
+from twisted.internet import defer, task
 from twisted.words.xish import domish
 from wokkel.generic import parseXml
 
@@ -75,6 +75,10 @@ class MemoryStorage:
         row["extra"] = dict(message.get("extra") or {})
         self.rows.append(row)
         return True
+
+    def history_add_deferred(self, profile, message):
+        # the receive loop's Deferred flavour of history_add
+        return defer.ensureDeferred(self.history_add(profile, message))
 
     async def history_add(self, profile, message):
         self.log.append("add")

@@ -12,7 +12,7 @@ from sat.core import wokkel_compat  # noqa: F401  (before any wokkel import)
 # isort: split
 
 import pytest
-from twisted.internet import task
+from twisted.internet import defer, task
 from twisted.words.xish import domish
 
 from sat.core import errors
@@ -78,6 +78,10 @@ class RecordingBridge:
 class RecordingStorage:
     def __init__(self):
         self.history: list[dict] = []
+
+    def history_add_deferred(self, profile, data):
+        # the receive loop's Deferred flavour of history_add
+        return defer.ensureDeferred(self.history_add(profile, data))
 
     async def history_add(self, profile, data):
         for row in self.history:

@@ -31,6 +31,7 @@ from wokkel import subprotocols
 
 from sat.core import errors
 from sat.core.xmpp import connection
+from sat.core.xmpp.parser import ElementStream
 from sat.core.xmpp.sasl import SatSASLInitializer
 from sat.core.xmpp.stream_management import SMEnableInitializer, SMResumeInitializer, SMState
 
@@ -43,11 +44,21 @@ FATAL_ERRORS = (errors.AuthenticationFailed, errors.CertificateError, errors.TLS
 
 
 class SatXmlStream(xmlstream.XmlStream):
-    """XML stream that feeds stream management with what goes in and out."""
+    """XML stream that feeds stream management with what goes in and out.
+
+    Parsed with :class:`sat.core.xmpp.parser.ElementStream` (Twisted's parser builds the
+    same trees, slower).
+    """
 
     sm: SMState | None = None
     sm_resumed = False
     tls_active = False
+
+    def _initializeStream(self):
+        self.stream = ElementStream()
+        self.stream.DocumentStartEvent = self.onDocumentStart
+        self.stream.ElementEvent = self.onElement
+        self.stream.DocumentEndEvent = self.onDocumentEnd
 
     def send(self, obj):
         super().send(obj)

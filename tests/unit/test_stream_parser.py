@@ -1,0 +1,158 @@
+"""The stream parser (:mod:`sat.core.xmpp.parser`) builds the trees Twisted's parser builds.
+
+Each document is parsed by both, fed in every possible split (TLS records cut stanzas
+anywhere), and the trees compared field by field: names, namespaces, default namespaces,
+declared prefixes, attributes (namespaced ones as (uri, name) keys), text, order of
+children. Limits and errors are Twisted's too.
+"""
+
+from __future__ import annotations
+
+import pytest
+from twisted.words.xish import domish
+
+from sat.core.xmpp.parser import ElementStream, StanzaElement
+
+HEADER = (
+    b"<stream:stream xmlns='jabber:client' xmlns:stream='http://etherx.jabber.org/streams' "
+    b"from='example.org' id='s1' version='1.0' xml:lang='en'>"
+)
+
+STANZAS = [
+    # plain message with text split by entities and a CDATA section
+    b"<message from='a@example.org/r' to='b@example.org' type='chat' id='1'>"
+    b"<body>caf\xc3\xa9 &amp; &lt;b&gt; <![CDATA[<raw>]]> end</body>"
+    b"<active xmlns='http://jabber.org/protocol/chatstates'/></message>",
+    # MAM-wrapped message: nested default namespaces
+    b"<message to='b@example.org'><result xmlns='urn:xmpp:mam:2' id='x' queryid='q'>"
+    b"<forwarded xmlns='urn:xmpp:forward:0'><delay xmlns='urn:xmpp:delay' stamp='2026-01-01T"
+    b"00:00:00Z'/><message xmlns='jabber:client' from='c@example.org' type='chat'>"
+    b"<body>archived</body></message></forwarded></result></message>",
+    # prefixed elements and namespaced attributes
+    b"<iq type='result' id='2' xmlns:p='urn:example:p'><p:query p:attr='v' xml:lang='fr' "
+    b"plain='w'><p:item>one</p:item>mixed<item>two</item></p:query></iq>",
+    # whitespace-only and mixed content kept as Twisted keeps it
+    b"<presence>\n  <show>away</show>\n  <status>brb</status>\n</presence>",
+    # empty element, attribute with quotes
+    b"<message id='q&apos;&quot;'/>",
+]
+
+
+def tree(elt) -> tuple:
+    """Everything a domish element holds, recursively (parent links checked too)."""
+    children = []
+    for child in elt.children:
+        if isinstance(child, str):
+            children.append(child)
+        else:
+            assert child.parent is elt
+            children.append(tree(child))
+    return (
+        elt.uri,
+        elt.name,
+        elt.defaultUri,
+        dict(elt.localPrefixes),
+        dict(elt.attributes),
+        tuple(children),
+    )
+
+
+def parse_all(stream, chunks) -> tuple[list, list]:
+    roots, stanzas = [], []
+    stream.DocumentStartEvent = roots.append
+    stream.ElementEvent = stanzas.append
+    stream.DocumentEndEvent = lambda: roots.append("end")
+    for chunk in chunks:
+        stream.parse(chunk)
+    return roots, stanzas
+
+
+def splits(data: bytes, step: int):
+    return [data[i : i + step] for i in range(0, len(data), step)]
+
+
+@pytest.mark.parametrize("step", [1, 2, 3, 7, 64, 100_000])
+def test_same_trees_as_twisted_whatever_the_splits(step):
+    document = HEADER + b"".join(STANZAS) + b"</stream:stream>"
+    ours_roots, ours = parse_all(ElementStream(), splits(document, step))
+    theirs_roots, theirs = parse_all(domish.ExpatElementStream(), splits(document, step))
+    assert len(ours) == len(theirs) == len(STANZAS)
+    assert [tree(e) for e in ours] == [tree(e) for e in theirs]
+    assert tree(ours_roots[0]) == tree(theirs_roots[0])
+    assert ours_roots[-1] == theirs_roots[-1] == "end"
+    assert all(e.parent is None for e in ours)
+    assert all(isinstance(e, StanzaElement) for e in ours)
+    # serialised back, they are the same XML
+    assert [e.toXml() for e in ours] == [e.toXml() for e in theirs]
+
+
+def test_child_lookups_match_domish():
+    _, (message, mam, iq, presence, _empty) = parse_all(ElementStream(), [HEADER, *STANZAS])
+    assert [c.name for c in message.elements()] == ["body", "active"]
+    assert list(message.elements("http://jabber.org/protocol/chatstates", "active"))
+    assert not list(message.elements("jabber:client", "active"))
+    assert str(message.body) == "café & <b> <raw> end"
+    assert message.subject is None
+    assert mam.result.forwarded.message.body is not None
+    assert [c.name for c in iq.query.elements()] == ["item", "item"]
+    assert [c.name for c in presence.elements()] == ["show", "status"]
+    with pytest.raises(AttributeError):
+        message._private  # noqa: B018  (underscore names are not child lookups)
+    # an element added later by code (plain domish.Element) is found as well
+    added = message.addElement(("urn:example", "extra"))
+    assert next(message.elements("urn:example", "extra")) is added
+
+
+def test_text_is_joined_in_one_piece():
+    body = "word " * 5000
+    _, (message,) = parse_all(
+        ElementStream(), [HEADER, f"<message><body>{body}</body></message>".encode()]
+    )
+    assert message.body.children == [body]
+
+
+def test_malformed_xml_is_a_parser_error():
+    stream = ElementStream()
+    parse_all(stream, [HEADER])
+    with pytest.raises(domish.ParserError):
+        stream.parse(b"<message><body>unclosed</message>")
+
+
+def test_stanza_size_and_element_count_are_capped():
+    stream = ElementStream()
+    stream.maxStanzaSize = 1000
+    parse_all(stream, [HEADER])
+    with pytest.raises(domish.ParserError, match="size"):
+        stream.parse(b"<message><body>" + b"x" * 2000)
+
+    stream = ElementStream()
+    stream.maxElementCount = 10
+    parse_all(stream, [HEADER])
+    with pytest.raises(domish.ParserError, match="element count"):
+        stream.parse(b"<message>" + b"<x/>" * 20 + b"</message>")
+
+
+def test_caps_are_per_stanza():
+    stream = ElementStream()
+    stream.maxStanzaSize = 3000
+    stream.maxElementCount = 10
+    parse_all(stream, [HEADER])
+    got = []
+    stream.ElementEvent = got.append
+    for _ in range(50):  # many stanzas, each under the caps: never refused
+        stream.parse(b"<message><body>" + b"y" * 200 + b"</body><a/><b/></message>")
+    assert len(got) == 50
+
+
+def test_the_client_stream_uses_it():
+    from twisted.words.protocols.jabber import xmlstream
+
+    from sat.core.xmpp.client import SatXmlStream
+
+    xs = SatXmlStream(xmlstream.Authenticator())
+    xs._initializeStream()
+    assert isinstance(xs.stream, ElementStream)
+    got = []
+    xs.addObserver("/message", got.append)
+    xs.dataReceived(HEADER + STANZAS[0])
+    assert len(got) == 1 and isinstance(got[0], StanzaElement)
