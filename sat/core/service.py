@@ -176,6 +176,10 @@ def _default_host_factory(config):
 # --- the service -------------------------------------------------------------
 
 
+#: seconds a thread waiting for the GIL lets the running one go on (CPython's default: 0.005)
+GIL_SWITCH_INTERVAL = 0.0002
+
+
 class SatService(service.Service):
     """Runs a host (``host_factory(config)``) for as long as the service runs.
 
@@ -212,6 +216,12 @@ class SatService(service.Service):
 
     def startService(self) -> None:
         super().startService()
+        # The database thread hands results back to the reactor thread, which holds the GIL
+        # while it works: with CPython's default 5 ms switch interval, a woken database
+        # thread waited for the reactor to go idle before it could even start its INSERT
+        # (measured: most of the 2.5 ms MessageSend -> MessageNew time). A shorter interval
+        # lets it in sooner; it only costs switches when both threads want to run.
+        sys.setswitchinterval(GIL_SWITCH_INTERVAL)
         self._starting = defer.ensureDeferred(self._start())
 
     async def _start(self) -> None:

@@ -39,6 +39,10 @@ class ProfileManager:
     def __init__(self, storage):
         self.storage = storage
         self._keys: dict[str, PersonalKey] = {}
+        # names known to exist: most bridge calls name a profile, checking it in the
+        # database each time cost a thread round trip per call (the storage is only
+        # changed through this manager, which keeps the set right)
+        self._existing: set[str] = set()
 
     async def create(self, name: str, profile_password: str = "") -> None:
         check_profile_name(name)
@@ -54,12 +58,14 @@ class ProfileManager:
             await self.storage.profile_delete(name)
             raise
         self._keys[name] = key
+        self._existing.add(name)
         if not await self.get_default():
             await self.set_default(name)
         log.info("profile %s created", name)
 
     async def delete(self, name: str) -> None:
         await self.ensure_exists(name)
+        self._existing.discard(name)
         await self.storage.profile_delete(name)
         self._keys.pop(name, None)
         if await self.get_default() == name:
@@ -71,10 +77,15 @@ class ProfileManager:
         return await self.storage.profiles_list()
 
     async def exists(self, name: str) -> bool:
-        return await self.storage.profile_exists(name)
+        if name in self._existing:
+            return True
+        if await self.storage.profile_exists(name):
+            self._existing.add(name)
+            return True
+        return False
 
     async def ensure_exists(self, name: str) -> None:
-        if not isinstance(name, str) or not await self.storage.profile_exists(name):
+        if not isinstance(name, str) or not await self.exists(name):
             raise errors.NotFound(f"no profile named {name!r}")
 
     async def get_default(self) -> str:

@@ -343,7 +343,20 @@ class _DatabaseThread:
 
     def _run(self) -> None:
         self.ident = threading.get_ident()
-        call_back = self._reactor.callFromThread
+        # On the asyncio reactor, hand results straight to its event loop: Twisted's
+        # callFromThread goes through the loop then through a callLater(0) timer, two loop
+        # turns on the path of every stored message (measured in MessageSend -> MessageNew)
+        loop = getattr(self._reactor, "_asyncioEventloop", None)
+        if loop is not None and callable(getattr(loop, "call_soon_threadsafe", None)):
+
+            def call_back(func, arg) -> None:
+                try:
+                    loop.call_soon_threadsafe(func, arg)
+                except RuntimeError:  # the loop is closed: the daemon is gone, nobody waits
+                    log.debug("storage result dropped: the event loop is closed")
+
+        else:
+            call_back = self._reactor.callFromThread
         while True:
             item = self._queue.get()
             if item is _STOP:
