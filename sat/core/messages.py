@@ -299,6 +299,9 @@ class MessageHandling:
                 data.get("cancel_reason") or "message cancelled by a plugin"
             )
         client.send(elt)
+        flush = getattr(client, "flush", None)
+        if flush is not None:
+            flush()  # someone waits for this one: on the wire now, not next reactor turn
         if msg_type != "groupchat":
             await self.store_and_signal(client, data)
         return data["uid"]

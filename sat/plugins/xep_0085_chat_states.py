@@ -38,7 +38,7 @@ from zope.interface import implementer
 from sat.core import errors
 from sat.core.messages import new_uid, parse_jid
 from sat.core.plugin import Plugin
-from sat.memory.params import ParamDef
+from sat.memory.params import UNKNOWN, ParamDef
 from sat.plugins.xep_0184_receipts import _within, peer_supports
 
 log = logging.getLogger(__name__)
@@ -157,13 +157,27 @@ class ChatStatesPlugin(Plugin):
 
     # --- sending -----------------------------------------------------------------------
 
-    async def _on_send(self, client, elt: domish.Element, data: dict) -> None:
+    def _on_send(self, client, elt: domish.Element, data: dict):
+        # synchronous once the privacy choice is in memory (every sent message runs this)
         if data["type"] not in ("chat", "groupchat") or data.get("body") is None:
-            return
+            return None
         if any(c.uri == NS_CHATSTATES for c in elt.elements()):
-            return
-        if not await self.enabled(client):
-            return
+            return None
+        try:
+            enabled = self.host.params.peek("privacy", "chat_states", client.profile)
+        except Exception:
+            enabled = UNKNOWN
+        if enabled is UNKNOWN:
+            return self._add_state_when_known(client, elt, data)
+        if enabled:
+            self._add_active(client, elt, data)
+        return None
+
+    async def _add_state_when_known(self, client, elt: domish.Element, data: dict) -> None:
+        if await self.enabled(client):
+            self._add_active(client, elt, data)
+
+    def _add_active(self, client, elt: domish.Element, data: dict) -> None:
         if data["type"] == "chat":
             peer = self._peer(client, data["dest"])
             if peer.support is False:

@@ -232,6 +232,15 @@ class ReceiptsPlugin(Plugin):
     # --- sending -----------------------------------------------------------------------
 
     async def should_request(self, client, elt: domish.Element, data: dict) -> bool:
+        request = self._should_request_now(elt, data)
+        if request is not None:
+            return request
+        # full JID: only when that client says it supports receipts
+        return await peer_supports(self.host, client, elt["to"], NS_RECEIPTS) is True
+
+    @staticmethod
+    def _should_request_now(elt: domish.Element, data: dict) -> bool | None:
+        """Whether to ask for a receipt, None when the peer's support must be looked up."""
         if data["extra"].get("receipt") is False:
             return False
         if data["type"] not in ("chat", "normal", "headline"):
@@ -240,12 +249,20 @@ class ReceiptsPlugin(Plugin):
             return False
         if not data["dest_resource"]:
             return True  # bare JID: we MAY ask, nobody can tell which client answers
-        # full JID: only when that client says it supports receipts
-        return await peer_supports(self.host, client, elt["to"], NS_RECEIPTS) is True
+        return None
 
-    async def _on_send(self, client, elt: domish.Element, data: dict) -> None:
+    def _on_send(self, client, elt: domish.Element, data: dict):
+        # synchronous unless a full JID's support must be looked up
+        if data["dest_resource"] and data["extra"].get("receipt") is not False:
+            return self._request_when_known(client, elt, data)
+        self._add_request(elt, data, self._should_request_now(elt, data))
+        return None
+
+    async def _request_when_known(self, client, elt: domish.Element, data: dict) -> None:
+        self._add_request(elt, data, await self.should_request(client, elt, data))
+
+    def _add_request(self, elt: domish.Element, data: dict, request: bool | None) -> None:
         extra = data["extra"]
-        request = await self.should_request(client, elt, data)
         extra.pop("receipt", None)
         if not request:
             return

@@ -126,15 +126,23 @@ class MarkersPlugin(Plugin):
 
     # --- sending -----------------------------------------------------------------------
 
-    async def _on_send(self, client, elt: domish.Element, data: dict) -> None:
+    def _on_send(self, client, elt: domish.Element, data: dict):
+        # synchronous unless a full JID's support must be looked up
         if data["type"] not in ("chat", "groupchat") or data.get("body") is None:
-            return
+            return None
         if any(c.uri == NS_MARKERS for c in elt.elements()):
-            return
+            return None
         if data["type"] == "chat" and data["dest_resource"]:
-            supported = await peer_supports(self.host, client, elt["to"], NS_MARKERS)
-            if supported is False:
-                return
+            return self._markable_if_supported(client, elt, data)
+        self._add_markable(elt, data)
+        return None
+
+    async def _markable_if_supported(self, client, elt: domish.Element, data: dict) -> None:
+        if await peer_supports(self.host, client, elt["to"], NS_MARKERS) is not False:
+            self._add_markable(elt, data)
+
+    @staticmethod
+    def _add_markable(elt: domish.Element, data: dict) -> None:
         elt.addElement((NS_MARKERS, "markable"))
         data["extra"]["markable"] = True
 
