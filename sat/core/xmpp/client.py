@@ -205,12 +205,24 @@ class SatXMPPClient(subprotocols.StreamManager):
         """
         xs = self.xmlstream
         transport = getattr(xs, "transport", None) if xs is not None else None
+        # Twisted's TLS layer (TLSMemoryBIOProtocol) holds small writes until a callLater(0):
+        # STARTTLS puts it under the TCP transport as its protocol, direct TLS above it
+        for layer in (transport, getattr(transport, "protocol", None)):
+            aggregator = getattr(layer, "_aggregator", None)
+            if aggregator is not None and callable(getattr(aggregator, "flush", None)):
+                aggregator.flush()
+        while transport is not None and getattr(transport, "doWrite", None) is None:
+            transport = getattr(transport, "transport", None)
         do_write = getattr(transport, "doWrite", None)
         if do_write is None or not getattr(transport, "connected", False):
             return
-        if getattr(transport, "disconnecting", True) or not getattr(transport, "_tempDataLen", 0):
+        if getattr(transport, "disconnecting", True):
             return
-        do_write()
+        pending = getattr(transport, "_tempDataLen", 0) or (
+            len(getattr(transport, "dataBuffer", b"")) > getattr(transport, "offset", 0)
+        )
+        if pending:
+            do_write()
 
     async def connect(self) -> None:
         """Open the session; raise a clear SatError if this first attempt fails."""
