@@ -126,6 +126,7 @@ HISTORY_FIELDS = (
     "extra",
     "outgoing",
 )
+_BODY_AT = HISTORY_FIELDS.index("body")
 MESSAGE_TYPES = frozenset({"chat", "groupchat", "normal", "headline"})
 
 #: milliseconds a statement waits for a lock held by another connection
@@ -135,6 +136,14 @@ SEARCH_WINDOW = 10_000
 #: most results one history_search call returns
 MAX_SEARCH_LIMIT = 1000
 
+#: full-text indexing of the rows inserted after a given id (one statement for a batch: the
+#: schema has no insert trigger since v2, see migrations)
+_FTS_INDEX_AFTER = (
+    "INSERT INTO history_fts(rowid, body) "
+    "SELECT id, body FROM history WHERE id > ? AND body IS NOT NULL"
+)
+_FTS_INDEX_ONE = "INSERT INTO history_fts(rowid, body) VALUES (?, ?)"
+_LAST_HISTORY_ID = "SELECT coalesce(max(id), 0) FROM history"
 _HISTORY_INSERT = (
     f"INSERT INTO history (profile_id, {', '.join(HISTORY_FIELDS)}) "
     f"VALUES (?, {', '.join('?' * len(HISTORY_FIELDS))}) ON CONFLICT DO NOTHING"
@@ -405,6 +414,8 @@ class Storage:
         # param_get cache, reactor thread only: (category, name, profile) -> stored value
         self._param_cache: dict[tuple[str, str, str | None], str | None] = {}
         self._param_generation = 0
+        # callbacks told of every newly stored message, see add_stored_listener
+        self._stored_listeners: tuple[Callable[[str, dict], None], ...] = ()
 
     # -- plumbing
 
@@ -921,6 +932,8 @@ class Storage:
         except Exception:
             return defer.fail()
         d = defer.Deferred()
+        if self._stored_listeners:
+            d.addCallback(self._tell_stored, profile, message)
         with self._add_lock:
             batch = self._add_batch
             if batch is None:
@@ -936,6 +949,29 @@ class Storage:
             )
         return d
 
+    def add_stored_listener(self, callback: Callable[[str, dict], None]) -> None:
+        """Call ``callback(profile, message)`` for every message newly stored (not a duplicate)
+        by :meth:`history_add`, :meth:`history_add_deferred` or :meth:`history_add_batch`,
+        on the reactor thread, once it is committed; ``message`` is the dict given to store
+        (read it, do not change it). Meant to be registered only while needed (e.g. while a
+        plugin waits for some message): with no listener, storing costs nothing more. The
+        callback must be quick and synchronous (start a Deferred for slow work); its
+        exceptions are logged."""
+        if callback not in self._stored_listeners:
+            self._stored_listeners = (*self._stored_listeners, callback)
+
+    def remove_stored_listener(self, callback: Callable[[str, dict], None]) -> None:
+        self._stored_listeners = tuple(c for c in self._stored_listeners if c != callback)
+
+    def _tell_stored(self, stored: bool, profile: str, message: dict) -> bool:
+        if stored:
+            for callback in self._stored_listeners:
+                try:
+                    callback(profile, message)
+                except Exception:
+                    log.exception("stored message listener %r failed", callback)
+        return stored
+
     # Group commit: history_add calls arriving while the database thread is busy join
     # the batch that is still open (queued, not yet started), and the whole batch is written
     # in one transaction, each caller getting its own result once the COMMIT is done. The
@@ -948,34 +984,45 @@ class Storage:
         with self._add_lock:
             if self._add_batch is batch:
                 self._add_batch = None
-        conn = self._conn
-        execute = conn.execute
         if len(batch) > 1:
             try:
-                results = self._write(
-                    lambda: [
-                        execute(_HISTORY_INSERT, (self._profile_id(profile), *row)).rowcount > 0
-                        for profile, row, _ in batch
-                    ]
+                return self._write(
+                    self._insert_rows,
+                    [(self._profile_id(profile), *row) for profile, row, _ in batch],
                 )
             except Exception:
                 pass  # retried row by row below
-            else:
-                return results
         # one row (the usual case when messages come one at a time), or the retry of a
-        # failed batch: each INSERT on its own is one transaction (autocommit: the row and
-        # its FTS entry are committed when execute returns), one statement instead of three
+        # failed batch: each row in its own transaction
         results = []
         for profile, row, _ in batch:
-
-            def one(profile=profile, row=row):
-                return execute(_HISTORY_INSERT, (self._profile_id(profile), *row)).rowcount > 0
-
             try:
-                results.append(self._guarded(one))
+                results.append(
+                    self._guarded(self._write, self._insert_one, self._profile_id(profile), row)
+                )
             except Exception as exc:
                 results.append(exc)
         return results
+
+    def _insert_rows(self, rows: list[tuple]) -> list[bool]:
+        """On the database thread, in a transaction: insert (profile id, *row) tuples and
+        index the new ones for full-text search; True for each new row."""
+        execute = self._conn.execute
+        last = execute(_LAST_HISTORY_ID).fetchone()[0]
+        added = [execute(_HISTORY_INSERT, row).rowcount > 0 for row in rows]
+        if any(added):
+            execute(_FTS_INDEX_AFTER, (last,))
+        return added
+
+    def _insert_one(self, pid: int, row: tuple) -> bool:
+        """On the database thread, in a transaction: one row and its full-text entry."""
+        cur = self._conn.execute(_HISTORY_INSERT, (pid, *row))
+        if cur.rowcount <= 0:
+            return False
+        body = row[_BODY_AT]
+        if body is not None:
+            self._conn.execute(_FTS_INDEX_ONE, (cur.lastrowid, body))
+        return True
 
     @staticmethod
     def _history_add_fan_out(results: list, batch: list) -> None:
@@ -1003,8 +1050,7 @@ class Storage:
 
         def run():
             pid = self._profile_id(profile)
-            cur = self._conn.executemany(_HISTORY_INSERT, [(pid, *row) for row in rows])
-            return cur.rowcount
+            return sum(self._insert_rows([(pid, *row) for row in rows]))
 
         return await self._call_write(run)
 
@@ -1020,6 +1066,7 @@ class Storage:
         archived messages were new and the uids of those already known.
         """
         profile = _check_name(profile, "profile")
+        messages = list(messages)
         rows = [_message_row(message) for message in messages]
         if not rows:
             return []
@@ -1056,15 +1103,22 @@ class Storage:
             execute = self._conn.execute
             result: list[tuple[str | None, bool]] = []
             batch_uids: set = set()
+            last = execute(_LAST_HISTORY_ID).fetchone()[0]
             for row in rows:
                 if execute(_HISTORY_INSERT, (pid, *row)).rowcount > 0:
                     batch_uids.add(row[uid_at])
                     result.append((row[uid_at], True))
                 else:
                     result.append((existing(pid, row, batch_uids), False))
+            if batch_uids:
+                execute(_FTS_INDEX_AFTER, (last,))
             return result
 
-        return await self._call_write(run)
+        outcome = await self._call_write(run)
+        if self._stored_listeners:
+            for message, (_uid, new) in zip(messages, outcome, strict=True):
+                self._tell_stored(new, profile, message)
+        return outcome
 
     def _uid_position(self, pid: int, uid: str) -> tuple[float, int]:
         row = self._conn.execute(

@@ -10,6 +10,7 @@ import threading
 
 import pytest
 import pytest_twisted
+from twisted.internet import defer
 
 from sat.core.errors import AlreadyExists, InvalidArgument, NotFound, StorageError
 from sat.memory import migrations
@@ -801,3 +802,59 @@ async def test_param_get_is_cached_and_invalidated(storage):
     await storage.profile_create("louise")
     assert await storage.param_get("privacy", "x", profile="louise") is None
     await storage._call(lambda: storage._conn.set_trace_callback(None))
+
+
+# --- full-text index filled by the storage (schema v2) -------------------------------
+
+
+async def fts_rowids(storage: Storage, word: str) -> set[int]:
+    rows = await sql(storage, "SELECT rowid FROM history_fts WHERE history_fts MATCH ?", (word,))
+    return {r[0] for r in rows}
+
+
+@pytest_twisted.ensureDeferred
+async def test_every_insert_path_indexes_bodies_once(storage):
+    # one message alone, a group commit of several, a MAM batch, history_add_many
+    assert await storage.history_add("louise", msg("lonely walrus", uid="a1"))
+    group = await defer.gatherResults(
+        [
+            storage.history_add_deferred("louise", msg(f"grouped walrus {i}", uid=f"g{i}"))
+            for i in range(5)
+        ]
+    )
+    assert group == [True] * 5
+    outcome = await storage.history_add_batch(
+        "louise", [msg("batched walrus", uid="b1"), msg(None, uid="b2", subject="no body")]
+    )
+    assert [new for _uid, new in outcome] == [True, True]
+    assert await storage.history_add_many("louise", [msg("many walrus", uid="m1")]) == 1
+    # duplicates index nothing again
+    assert not await storage.history_add("louise", msg("lonely walrus", uid="a1"))
+    assert (await storage.history_add_batch("louise", [msg("batched walrus", uid="b1")]))[0][
+        1
+    ] is False
+    ids = await sql(storage, "SELECT id FROM history WHERE body IS NOT NULL")
+    assert await fts_rowids(storage, "walrus") == {r[0] for r in ids}
+    assert len(ids) == 8
+    found = await storage.history_search("louise", "walrus")
+    assert len(found) == 8
+    # the index agrees with the table (FTS5's own check for external content tables)
+    await sql(storage, "INSERT INTO history_fts(history_fts) VALUES ('integrity-check')")
+
+
+@pytest_twisted.ensureDeferred
+async def test_v1_database_keeps_its_index_after_the_upgrade(tmp_path):
+    path = tmp_path / "sat.db"
+    old = Storage(path, migrations=migrations.MIGRATIONS[:1])
+    await old.initialise()
+    await old.profile_create("louise")
+    assert await old.history_add("louise", msg("before upgrade otter", uid="v1"))
+    await old.close()
+    new = Storage(path)
+    await new.initialise()
+    triggers = {r[0] for r in await sql(new, "SELECT name FROM sqlite_master WHERE type='trigger'")}
+    assert "history_fts_insert" not in triggers
+    assert {"history_fts_delete", "history_fts_update"} <= triggers
+    assert await new.history_add("louise", msg("after upgrade otter", uid="v2"))
+    assert len(await new.history_search("louise", "otter")) == 2
+    await new.close()
