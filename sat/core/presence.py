@@ -31,6 +31,14 @@ Presence
     its resources. ``PresenceDirectedSend`` sends directed presence (RFC 6121
     4.6). Nothing a contact sends may crash the daemon: malformed presences
     are ignored.
+
+    A presence a plugin observer (running before this one) marked with a
+    ``claimed_by`` attribute (the plugin's name) is not a contact's: the
+    XEP-0045 plugin claims the available/unavailable presences of the rooms it
+    is in (occupants, reported with its own signals). Those change neither
+    ``client.presences`` nor the last unavailable statuses and emit no
+    ``PresenceUpdate``; the ``presence_received`` hooks still run. Presences
+    from a room we are not in, and errors, are handled as any other.
 """
 
 from __future__ import annotations
@@ -648,7 +656,11 @@ class PresenceHandling:
             log.info("[%s] presence of unknown type %r ignored", client.profile, ptype)
             return
         own_resource = entity == client.jid
-        if ptype == "error":
+        claimed = getattr(elt, "claimed_by", None)
+        if claimed and ptype != "error":
+            # a plugin took it over: not a contact's resource (a room occupant: XEP-0045)
+            log.debug("[%s] presence from %s left to %s", client.profile, entity.full(), claimed)
+        elif ptype == "error":
             log.info("[%s] presence error from %s", client.profile, entity.full())
             if not own_resource:
                 self._drop_resource(client, entity.full(), {})

@@ -12,6 +12,13 @@ What it does
     a room whose service removed us (status 332: shutdown, 333: error) is joined
     again later, with growing delays (``MucRoomLeft`` then says ``rejoining``).
 
+    Occupants' presences belong to this plugin (``MucOccupantUpdate``): its stream
+    observer runs before the core's and marks the available/unavailable presences of
+    the rooms it has (``elt.claimed_by = "XEP-0045"``), so the core presence handling
+    does not take ``room@service/nick`` for a contact's resource (no ``PresenceUpdate``,
+    nothing in ``PresenceStatusesGet``, no ghost after leaving). Presences from rooms we
+    are not in, and presence errors, are left to the core as usual.
+
 Messages
     A group chat message we send is *not* stored when it is sent (see
     :mod:`sat.core.messages`): the room reflects it to every occupant, us included,
@@ -958,6 +965,9 @@ class MucPlugin(Plugin):
             return
         if ptype not in ("available", "unavailable"):
             return
+        # an occupant's presence (this observer runs before the core's): not a contact's
+        # resource for the core presence handling (client.presences, PresenceUpdate)
+        elt.claimed_by = self.name
         nick = sender.resource
         if not nick:
             log.debug("[%s] presence from room %s itself ignored", client.profile, room.jid.full())

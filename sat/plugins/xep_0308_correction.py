@@ -34,8 +34,14 @@ Receiving
     A correction of someone else's message is refused with a log line: history
     unchanged, nothing stored. A correction of an older message of the same sender
     is not applied either: it is stored as a message of its own (nothing is lost).
-    A correction of a message we do not have is stored as a plain message. The same
-    correction seen twice (live, then again from the archive) is applied once.
+    A correction of a message we do not have is stored as a plain message (with
+    ``extra["replace_id"]``) and kept pending (:class:`PendingReferences`): if that
+    message arrives (live, or from an archive fetched newest first), the same checks
+    are made (same sender; no other message of the sender between the two) and the
+    message is corrected (``MessageUpdate`` type ``correction``), then the stand-alone
+    copy is deleted (``MessageUpdate`` type ``deleted``, ``{"deleted": True,
+    "merged_into": uid}``). The same correction seen twice (live, then again from the
+    archive) is applied once.
 
 Archived messages (XEP-0313) go through the same hooks *before* their page is
 stored: a correction, retraction or reaction whose original is in the same page is
@@ -45,8 +51,10 @@ The module also holds what the XEP-0424, XEP-0425, XEP-0444 and XEP-0461 plugins
 share (:class:`EditingPlugin`, :class:`Author`): who sent a message (bare JID, or
 room occupant with occupant-id/real JID), which id names a stored message for each
 XEP, how to find the message an incoming payload refers to (history first, then
-the archive page being processed), and how to send a payload-only message through
-the pipeline.
+the archive page being processed), how to send a payload-only message through
+the pipeline, and the references received before their message
+(:class:`PendingReferences`: kept per profile, bounded, saved in ``kv``, applied once
+the storage tells that message is stored).
 """
 
 from __future__ import annotations
@@ -58,6 +66,7 @@ from collections import OrderedDict
 from collections.abc import Callable
 from dataclasses import dataclass
 
+from twisted.internet import defer
 from twisted.words.xish import domish
 from wokkel import disco, iwokkel
 from wokkel.subprotocols import XMPPHandler
@@ -171,6 +180,12 @@ class Author:
                 return f"jid:{self.real_jid}"
             return f"occupant:{self.jid}"
         return f"jid:{self.bare}"
+
+    def wrote(self, row: dict) -> bool:
+        """True if ``row`` (a stored or received message) was sent by this sender."""
+        if row["source"] != self.bare:
+            return False
+        return not self.muc or (row.get("source_resource") or "") == self.resource
 
     @classmethod
     def of_row(cls, row: dict) -> Author:
@@ -289,13 +304,8 @@ class ArchivedPage:
 
     def last_from(self, author: Author, peer: str, groupchat: bool, own: str) -> dict | None:
         for data in self.live():
-            if not self._in_conversation(data, peer, groupchat, own):
-                continue
-            if data["source"] != author.bare:
-                continue
-            if author.muc and (data.get("source_resource") or "") != author.resource:
-                continue
-            return data
+            if self._in_conversation(data, peer, groupchat, own) and author.wrote(data):
+                return data
         return None
 
 
@@ -354,6 +364,426 @@ def _note_presence(client, elt: domish.Element) -> None:
 NOTE_PRIORITY = -1000
 
 
+# --- references that arrived before their message -------------------------------------------
+
+#: kv namespace / key where the pending references of a profile are kept across restarts
+PENDING_KV_NAMESPACE = "XEP-0308"
+PENDING_KV_KEY = "pending_references"
+PENDING_KINDS = ("correction", "retraction", "moderation", "reaction")
+#: Author fields and their types, as saved
+_AUTHOR_FIELDS = {
+    "bare": str,
+    "resource": str,
+    "muc": bool,
+    "occupant_id": str,
+    "real_jid": str,
+    "outgoing": bool,
+}
+
+
+def author_to_dict(author: Author) -> dict:
+    return {name: getattr(author, name) for name in _AUTHOR_FIELDS}
+
+
+def author_from_dict(value) -> Author | None:
+    """The :class:`Author` saved by :func:`author_to_dict`; None if ``value`` is not one."""
+    if not isinstance(value, dict) or not isinstance(value.get("bare"), str):
+        return None
+    fields = {}
+    for name, kind in _AUTHOR_FIELDS.items():
+        item = value.get(name, kind())
+        if not isinstance(item, kind):
+            return None
+        fields[name] = item
+    return Author(**fields)
+
+
+def _valid_entry(entry) -> bool:
+    """True for a well-formed pending reference (what we saved, read back from storage)."""
+    if not isinstance(entry, dict):
+        return False
+    return (
+        entry.get("kind") in PENDING_KINDS
+        and valid_id(entry.get("ref"))
+        and isinstance(entry.get("peer"), str)
+        and bool(entry.get("peer"))
+        and isinstance(entry.get("groupchat"), bool)
+        and isinstance(entry.get("timestamp"), int | float)
+        and isinstance(entry.get("added"), int | float)
+        and isinstance(entry.get("key"), str)
+        and isinstance(entry.get("sender"), str)
+        and isinstance(entry.get("data"), dict)
+        and author_from_dict(entry.get("author")) is not None
+    )
+
+
+class _ProfilePending:
+    def __init__(self):
+        #: entry key -> entry, oldest first
+        self.entries: OrderedDict[str, dict] = OrderedDict()
+        #: referenced id -> keys of the entries naming it
+        self.by_ref: dict[str, set[str]] = {}
+        self.loaded = False
+        #: changed since last saved
+        self.dirty = False
+
+    def put(self, entry: dict) -> None:
+        key = entry["key"]
+        self.discard(key)
+        self.entries[key] = entry
+        self.by_ref.setdefault(entry["ref"], set()).add(key)
+
+    def discard(self, key: str) -> dict | None:
+        entry = self.entries.pop(key, None)
+        if entry is not None:
+            keys = self.by_ref.get(entry["ref"])
+            if keys is not None:
+                keys.discard(key)
+                if not keys:
+                    del self.by_ref[entry["ref"]]
+        return entry
+
+
+class PendingReferences:
+    """References to messages we do not have yet, applied when the message is stored.
+
+    A reaction, retraction, moderation notice or correction may arrive before the message
+    it names (archive pages fetched newest first, carbons, room joins...). The plugins
+    keep it here instead of dropping it; when a message carrying the referenced id is
+    stored (live or from an archive: the storage tells :meth:`on_stored`, a set lookup per
+    stored message, and only while something is pending), the entries naming it go
+    through the same checks as when the message is known (author of a retraction or
+    correction, room of a moderation notice), then are applied to the stored row
+    (``MessageUpdate`` as usual). An entry refused for one message stays (another message
+    of the right author may carry the same id: ids are chosen by senders).
+
+    Bounds, per profile: :attr:`MAX_ENTRIES` entries, :attr:`MAX_PER_SENDER` per sender,
+    :attr:`MAX_AGE` seconds (the oldest go first, with a log line), so a hostile contact
+    cannot grow memory or storage without bound. Entries are small (no message body: a
+    correction's text is the message stored for it) and are saved in ``kv``
+    (:data:`PENDING_KV_NAMESPACE`), at most every :attr:`FLUSH_DELAY` seconds and when
+    the daemon stops, so they survive a restart.
+    """
+
+    MAX_ENTRIES = 500
+    MAX_PER_SENDER = 100
+    MAX_AGE = 24 * 3600.0
+    FLUSH_DELAY = 2.0
+
+    def __init__(self, host, clock=None, wall: Callable[[], float] = time.time):
+        if clock is None:
+            from twisted.internet import reactor as clock
+        self.host = host
+        self.clock = clock
+        self.wall = wall
+        self._profiles: dict[str, _ProfilePending] = {}
+        #: kind -> plugin with pending_accepts / pending_apply
+        self._handlers: dict[str, EditingPlugin] = {}
+        self._loading: dict[str, defer.Deferred] = {}
+        self._flush_calls: dict = {}
+        self._listening = False
+        #: applications running (see idle)
+        self._running: set[defer.Deferred] = set()
+
+    def register(self, kind: str, plugin: EditingPlugin) -> None:
+        self._handlers[kind] = plugin
+
+    # --- adding --------------------------------------------------------------------------
+
+    def _store(self, profile: str) -> _ProfilePending:
+        store = self._profiles.get(profile)
+        if store is None:
+            store = self._profiles[profile] = _ProfilePending()
+        return store
+
+    def supported(self) -> bool:
+        return hasattr(getattr(self.host, "storage", None), "add_stored_listener")
+
+    def add(
+        self,
+        client,
+        kind: str,
+        ref: str,
+        peer: str,
+        groupchat: bool,
+        author: Author,
+        timestamp: float,
+        data: dict,
+        discriminator: str = "",
+    ) -> bool:
+        """Keep a reference to ``ref`` (conversation ``peer``) until that message is stored.
+
+        One entry per (kind, conversation, ref, sender, ``discriminator``): a newer one
+        replaces an older one (reactions: the whole set), an older one is ignored. Returns
+        False when references cannot be kept (storage without notifications)."""
+        if not self.supported():
+            return False
+        profile = client.profile
+        store = self._store(profile)
+        self._expire(profile, store)
+        key = "\x1f".join((kind, peer, "g" if groupchat else "c", ref, author.key, discriminator))
+        previous = store.entries.get(key)
+        if previous is not None and previous["timestamp"] > timestamp:
+            return True
+        entry = {
+            "key": key,
+            "kind": kind,
+            "ref": ref,
+            "peer": peer,
+            "groupchat": groupchat,
+            "author": author_to_dict(author),
+            "sender": author.key,
+            "timestamp": float(timestamp),
+            "added": self.wall(),
+            "data": data,
+        }
+        store.put(entry)
+        self._bound(profile, store, author.key)
+        self._changed(profile)
+        return True
+
+    def _bound(self, profile: str, store: _ProfilePending, sender_key: str) -> None:
+        mine = [k for k, e in store.entries.items() if e["sender"] == sender_key]
+        dropped = 0
+        for key in mine[: max(0, len(mine) - self.MAX_PER_SENDER)]:
+            store.discard(key)
+            dropped += 1
+        while len(store.entries) > self.MAX_ENTRIES:
+            store.discard(next(iter(store.entries)))
+            dropped += 1
+        if dropped:
+            log.warning(
+                "[%s] too many references to unknown messages: %d oldest dropped "
+                "(at most %d, %d per sender)",
+                profile,
+                dropped,
+                self.MAX_ENTRIES,
+                self.MAX_PER_SENDER,
+            )
+
+    def _expire(self, profile: str, store: _ProfilePending) -> None:
+        limit = self.wall() - self.MAX_AGE
+        expired = 0
+        while store.entries:
+            key, entry = next(iter(store.entries.items()))  # the oldest
+            if entry["added"] >= limit:
+                break
+            store.discard(key)
+            expired += 1
+        if expired:
+            log.info("[%s] %d reference(s) to messages never received expired", profile, expired)
+            self._changed(profile)
+
+    def matching(self, profile: str, kind: str, peer: str, groupchat: bool, ref: str) -> list[dict]:
+        """The pending entries of ``kind`` naming ``ref`` in that conversation."""
+        store = self._profiles.get(profile)
+        if store is None:
+            return []
+        found = []
+        for key in store.by_ref.get(ref, ()):
+            entry = store.entries[key]
+            if entry["kind"] == kind and entry["peer"] == peer and entry["groupchat"] == groupchat:
+                found.append(entry)
+        return found
+
+    def count(self, profile: str) -> int:
+        store = self._profiles.get(profile)
+        return 0 if store is None else len(store.entries)
+
+    # --- applying ---------------------------------------------------------------------------
+
+    def _update_listening(self) -> None:
+        wanted = any(store.entries for store in self._profiles.values())
+        if wanted == self._listening or not self.supported():
+            return
+        if wanted:
+            self.host.storage.add_stored_listener(self.on_stored)
+        else:
+            self.host.storage.remove_stored_listener(self.on_stored)
+        self._listening = wanted
+
+    def on_stored(self, profile: str, message: dict) -> None:
+        """A message was stored: apply the pending references that name it (storage hook)."""
+        store = self._profiles.get(profile)
+        if store is None or not store.by_ref:
+            return
+        uid = message.get("uid")
+        if not uid:
+            return
+        groupchat = message.get("type") == "groupchat"
+        keys = [key for ref in ids_of(message, groupchat) for key in store.by_ref.get(ref, ())]
+        if not keys:
+            return
+        client = getattr(self.host, "clients", {}).get(profile)
+        if client is None:
+            return
+        peer, _ = EditingPlugin.conversation(client, message)
+        limit = self.wall() - self.MAX_AGE
+        accepted = []
+        changed = False
+        for key in keys:
+            entry = store.entries.get(key)
+            if entry is None or entry["peer"] != peer or entry["groupchat"] != groupchat:
+                continue
+            if entry["added"] < limit:
+                store.discard(key)
+                changed = True
+                continue
+            if entry["data"].get("uid") == uid:
+                continue  # a correction stored as a message of its own is not its target
+            plugin = self._handlers.get(entry["kind"])
+            if plugin is None:
+                continue
+            try:
+                ok = plugin.pending_accepts(client, message, entry)
+            except Exception:
+                log.exception("[%s] checking a pending %s failed", profile, entry["kind"])
+                ok = False
+            if ok:
+                store.discard(key)
+                accepted.append(entry)
+        if changed or accepted:
+            self._changed(profile)
+        if accepted:
+            log.info(
+                "[%s] message %s arrived: applying %d reference(s) received before it",
+                profile,
+                uid,
+                len(accepted),
+            )
+            d = defer.ensureDeferred(self._apply(client, uid, accepted))
+            d.addErrback(
+                lambda f: log.error("[%s] pending references failed: %s", profile, f.value)
+            )
+            if not d.called:
+                self._running.add(d)
+                d.addBoth(self._done, d)
+
+    def _done(self, result, d: defer.Deferred):
+        self._running.discard(d)
+        return result
+
+    async def idle(self) -> None:
+        """Wait until the references being applied are (tests, shutdown)."""
+        while self._running:
+            await defer.DeferredList(list(self._running))
+
+    async def _apply(self, client, uid: str, entries: list[dict]) -> None:
+        entries.sort(key=lambda e: e["timestamp"])
+        for entry in entries:
+            # read again each time: the previous entry changed the row
+            row = await self.host.storage.history_find(client.profile, uid=uid)
+            if row is None:
+                return
+            try:
+                await self._handlers[entry["kind"]].pending_apply(client, row, entry)
+            except Exception as e:
+                log.error(
+                    "[%s] pending %s of message %s not applied: %s",
+                    client.profile,
+                    entry["kind"],
+                    uid,
+                    e,
+                )
+
+    # --- persistence ------------------------------------------------------------------------
+
+    def _changed(self, profile: str) -> None:
+        self._store(profile).dirty = True
+        self._update_listening()
+        call = self._flush_calls.get(profile)
+        if call is None or not call.active():
+            self._flush_calls[profile] = self.clock.callLater(
+                self.FLUSH_DELAY, self._flush_later, profile
+            )
+
+    def _flush_later(self, profile: str) -> None:
+        self._flush_calls.pop(profile, None)
+        defer.ensureDeferred(self.flush(profile)).addErrback(
+            lambda f: log.warning("[%s] pending references not saved: %s", profile, f.value)
+        )
+
+    async def load(self, profile: str) -> None:
+        """Read the profile's saved entries (once; merged with those received meanwhile)."""
+        store = self._store(profile)
+        if store.loaded:
+            return
+        running = self._loading.get(profile)
+        if running is None:
+            running = self._loading[profile] = defer.ensureDeferred(self._read(profile, store))
+        try:
+            await running
+        finally:
+            self._loading.pop(profile, None)
+
+    async def _read(self, profile: str, store: _ProfilePending) -> None:
+        try:
+            saved = await self.host.storage.kv_get(
+                PENDING_KV_NAMESPACE, PENDING_KV_KEY, None, profile
+            )
+        except Exception as e:
+            log.warning("[%s] pending references not read: %s", profile, e)
+            return
+        store.loaded = True
+        entries = saved.get("entries") if isinstance(saved, dict) else None
+        kept = 0
+        for entry in entries if isinstance(entries, list) else ():
+            if not _valid_entry(entry):
+                continue
+            if entry["key"] not in store.entries:
+                store.put(entry)
+                kept += 1
+        # the saved ones are older than those received since: keep the order by age
+        store.entries = OrderedDict(sorted(store.entries.items(), key=lambda i: i[1]["added"]))
+        if kept:
+            log.info("[%s] %d reference(s) to unknown messages still waiting", profile, kept)
+        self._expire(profile, store)
+        self._bound(profile, store, "")
+        self._update_listening()
+
+    async def flush(self, profile: str) -> None:
+        """Save the profile's entries now."""
+        store = self._profiles.get(profile)
+        if store is None:
+            return
+        call = self._flush_calls.pop(profile, None)
+        if call is not None and call.active():
+            call.cancel()
+        await self.load(profile)  # never overwrite saved entries not read yet
+        if not store.loaded or not store.dirty:
+            return
+        store.dirty = False
+        try:
+            await self.host.storage.kv_set(
+                PENDING_KV_NAMESPACE,
+                PENDING_KV_KEY,
+                {"version": 1, "entries": list(store.entries.values())},
+                profile,
+            )
+        except Exception:
+            store.dirty = True
+            raise
+
+    async def flush_all(self) -> None:
+        await self.idle()
+        for profile in list(self._profiles):
+            try:
+                await self.flush(profile)
+            except Exception as e:
+                log.warning("[%s] pending references not saved: %s", profile, e)
+
+
+_pending_managers: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
+
+
+def pending_references(host) -> PendingReferences:
+    """The :class:`PendingReferences` of ``host`` (one shared by the editing plugins)."""
+    manager = _pending_managers.get(host)
+    if manager is None:
+        manager = _pending_managers[host] = PendingReferences(host)
+    return manager
+
+
 # --- base of the editing plugins -------------------------------------------------------------
 
 
@@ -367,6 +797,8 @@ class EditingPlugin(Plugin):
 
     #: keep the real JID of room occupants with their messages (checked by later edits)
     notes_identity = False
+    #: kinds of references to unknown messages this plugin keeps (see PendingReferences)
+    pending_kinds: tuple[str, ...] = ()
 
     def __init__(self, host):
         super().__init__(host)
@@ -377,12 +809,99 @@ class EditingPlugin(Plugin):
         host.hooks.add("message_received", _note_archived, NOTE_PRIORITY)
         host.hooks.remove("presence_received", _note_presence)
         host.hooks.add("presence_received", _note_presence, 0)
+        #: references to messages not received yet (shared by the editing plugins)
+        self.pending = pending_references(host)
+        for kind in self.pending_kinds:
+            self.pending.register(kind, self)
 
     def get_handler(self, client):
         return FeaturesHandler(self.features) if self.features else None
 
+    async def profile_connecting(self, client) -> None:
+        # before the stream opens: the saved references wait for what the session brings
+        try:
+            await self.pending.load(client.profile)
+        except Exception as e:
+            log.warning("[%s] pending references not loaded: %s", client.profile, e)
+
     def profile_disconnected(self, client) -> None:
         _sessions.pop(client, None)
+        defer.ensureDeferred(self.pending.flush(client.profile)).addErrback(
+            lambda f: log.warning("[%s] pending references not saved: %s", client.profile, f.value)
+        )
+
+    async def stop(self) -> None:
+        await self.pending.flush_all()
+
+    # --- references received before their message (see PendingReferences) ---------------
+
+    def keep_pending(
+        self,
+        client,
+        kind: str,
+        ref: str,
+        data: dict,
+        author: Author,
+        payload: dict,
+        discriminator: str = "",
+    ) -> bool:
+        """Keep a reference to the unknown message ``ref`` of ``data``'s conversation until
+        that message is stored (then :meth:`pending_accepts` and :meth:`pending_apply` of
+        this plugin run); False if it cannot be kept."""
+        peer, groupchat = self.conversation(client, data)
+        return self.pending.add(
+            client,
+            kind,
+            ref,
+            peer,
+            groupchat,
+            author,
+            data["timestamp"],
+            payload,
+            discriminator,
+        )
+
+    def pending_accepts(self, client, message: dict, entry: dict) -> bool:
+        """Whether the pending ``entry`` may apply to the stored ``message`` (synchronous:
+        the same author checks as for a known message; log why not)."""
+        return True
+
+    async def pending_apply(self, client, row: dict, entry: dict) -> None:
+        """Apply the accepted pending ``entry`` to the stored ``row``."""
+        raise NotImplementedError
+
+    @staticmethod
+    def pending_author(entry: dict) -> Author:
+        author = author_from_dict(entry["author"])
+        assert author is not None  # checked when added / read back
+        return author
+
+    def pending_author_matches(
+        self, client, message: dict, entry: dict, *, same_nick: bool
+    ) -> bool:
+        """Whether the sender of ``entry`` may edit the stored ``message`` (logged if not)."""
+        author = self.pending_author(entry)
+        return self.may_edit(
+            client,
+            message,
+            author,
+            same_nick=same_nick,
+            what=f"{entry['kind']} from {author.jid} (received before the message) of message "
+            f"{message.get('uid')}",
+        )
+
+    def may_edit(self, client, target: dict, author: Author, *, same_nick: bool, what: str) -> bool:
+        """:func:`same_author` for ``author`` editing the message ``target``; a refusal is
+        logged as "refused ``what``: reason"."""
+        ok, reason = same_author(
+            Author.of_row(target),
+            author,
+            same_nick=same_nick,
+            left_since=self.left_since(client, target),
+        )
+        if not ok:
+            log.warning("[%s] refused %s: %s; history unchanged", client.profile, what, reason)
+        return ok
 
     # --- bridge helpers ---------------------------------------------------------------
 
@@ -795,6 +1314,7 @@ class CorrectionPlugin(EditingPlugin):
     description = "Corrects our last message; applies contacts' corrections of theirs."
     features = (NS_LMC,)
     notes_identity = True
+    pending_kinds = ("correction",)
 
     def __init__(self, host):
         super().__init__(host)
@@ -897,13 +1417,23 @@ class CorrectionPlugin(EditingPlugin):
                     Author.of_row(other).jid,
                 )
                 return hooks.STOP
+            data["extra"]["replace_id"] = ref
+            kept = ref != correction_id and self.keep_pending(
+                client,
+                "correction",
+                ref,
+                data,
+                author,
+                {"uid": data["uid"], "id": correction_id},
+                discriminator=correction_id or data["uid"],
+            )
             log.info(
-                "[%s] correction from %s of unknown message %s: stored as a new message",
+                "[%s] correction from %s of unknown message %s: stored as a new message%s",
                 profile,
                 sender,
                 ref,
+                " (applied to that message if it arrives)" if kept else "",
             )
-            data["extra"]["replace_id"] = ref
             return None
         if self._already_applied(target, correction_id):
             log.debug("[%s] correction %s already applied", profile, correction_id)
@@ -913,20 +1443,13 @@ class CorrectionPlugin(EditingPlugin):
                 "[%s] correction of retracted message %s from %s ignored", profile, ref, sender
             )
             return hooks.STOP
-        ok, reason = same_author(
-            Author.of_row(target),
+        if not self.may_edit(
+            client,
+            target,
             author,
             same_nick=True,
-            left_since=self.left_since(client, target),
-        )
-        if not ok:
-            log.warning(
-                "[%s] refused correction from %s of message %s: %s; history unchanged",
-                profile,
-                sender,
-                ref,
-                reason,
-            )
+            what=f"correction from {sender} of message {ref}",
+        ):
             return hooks.STOP
         last = await self.last_from(client, author, peer, groupchat)
         if last is not None and last["uid"] != target["uid"] and last is not target:
@@ -942,6 +1465,113 @@ class CorrectionPlugin(EditingPlugin):
             return None
         await self.apply(client, target, data["body"], data, correction_id=correction_id)
         return hooks.STOP
+
+    # --- corrections received before their original ---------------------------------------
+
+    def pending_accepts(self, client, message: dict, entry: dict) -> bool:
+        return self.pending_author_matches(client, message, entry, same_nick=True)
+
+    async def pending_apply(self, client, row: dict, entry: dict) -> None:
+        """The original of a correction stored as a message of its own arrived: correct it
+        with that message's text, then delete that message (its text now lives in the
+        original, its previous version in ``edits``; ``MessageUpdate`` type ``deleted``)."""
+        profile = client.profile
+        info = entry["data"]
+        author = self.pending_author(entry)
+        correction_id = info.get("id") or ""
+        correction = None
+        if isinstance(info.get("uid"), str) and info["uid"]:
+            correction = await self.host.storage.history_find(profile, uid=info["uid"])
+        if correction is None and correction_id:
+            # stored under another uid (a duplicate copy was stored first): by its id
+            peer, groupchat = self.conversation(client, row)
+            correction = await self.find_referenced(client, correction_id, peer, groupchat, author)
+            if ((correction or {}).get("extra") or {}).get("replace_id") != entry["ref"]:
+                correction = None
+        extra = (correction or {}).get("extra") or {}
+        if correction is None or correction["uid"] == row["uid"]:
+            log.info(
+                "[%s] correction of %s received before it is gone: nothing to apply",
+                profile,
+                row["uid"],
+            )
+            return
+        if (row.get("extra") or {}).get("retracted") or extra.get("retracted"):
+            # the corrected text of a retracted message must go with it
+            await self._drop_merged(client, correction, row, "its original is retracted")
+            return
+        if self._already_applied(row, correction_id):
+            await self._drop_merged(client, correction, row, "already applied")
+            return
+        if correction.get("body") is None:
+            return
+        if await self._spoke_between(client, author, row, correction, entry["ref"]):
+            log.info(
+                "[%s] correction %s of %s, which was not the sender's last message: kept as a "
+                "message of its own (XEP-0308 corrects the last message only)",
+                profile,
+                correction["uid"],
+                row["uid"],
+            )
+            await self.host.storage.history_update_extra(
+                profile, correction["uid"], {"correction_refused": "not the last message"}
+            )
+            return
+        await self.apply(
+            client, row, correction["body"], correction, correction_id=correction_id or ""
+        )
+        await self._drop_merged(client, correction, row, "applied to its original")
+
+    async def _drop_merged(self, client, correction: dict, row: dict, why: str) -> None:
+        """Delete a correction stored on its own, now folded into (or gone with) ``row``."""
+        try:
+            await self.host.storage.history_delete(client.profile, correction["uid"])
+        except errors.NotFound:
+            return
+        log.info(
+            "[%s] correction %s of %s removed from the history: %s",
+            client.profile,
+            correction["uid"],
+            row["uid"],
+            why,
+        )
+        self.emit_update(
+            client.profile,
+            correction["uid"],
+            "deleted",
+            {"deleted": True, "merged_into": row["uid"]},
+        )
+
+    async def _spoke_between(
+        self, client, author: Author, row: dict, correction: dict, ref: str
+    ) -> bool:
+        """True if ``author`` sent another message between ``row`` and its ``correction``
+        (other corrections of ``row`` aside): ``row`` was not its last message then."""
+        start, end = row["timestamp"], correction["timestamp"]
+        if end <= start:
+            return False
+        peer, groupchat = self.conversation(client, row)
+        rows = await self.host.storage.history_get(
+            client.profile,
+            with_jid=peer,
+            after=start,
+            before=end,
+            limit=500,
+            msg_type="groupchat" if groupchat else ("chat", "normal", "headline"),
+        )
+        own = client.jid.userhost()
+        page = [
+            d
+            for d in session_state(client).archived.live()
+            if start < d["timestamp"] < end
+            and ArchivedPage._in_conversation(d, peer, groupchat, own)
+        ]
+        return any(
+            other["uid"] not in (row["uid"], correction["uid"])
+            and (other.get("extra") or {}).get("replace_id") != ref
+            and author.wrote(other)
+            for other in (*rows, *page)
+        )
 
     @staticmethod
     def _already_applied(row: dict, correction_id: str) -> bool:

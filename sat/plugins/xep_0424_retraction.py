@@ -16,9 +16,14 @@ Receiving
     same occupant — same XEP-0421 occupant-id when the room advertises it (a nick
     change does not matter then), else same nick and same real JID when known, and
     the occupant did not leave since. Anything else (someone else's message, a
-    retraction by a non-moderator of another occupant's message, an unknown message)
-    is ignored with a log line: the history is unchanged and the fallback body is
-    never stored.
+    retraction by a non-moderator of another occupant's message) is ignored with a log
+    line: the history is unchanged and the fallback body is never stored.
+
+    A retraction of a message we do not have yet is kept (see
+    :class:`sat.plugins.xep_0308_correction.PendingReferences`: bounded, saved across
+    restarts) and applied when that message is stored, after the same author check (a
+    retraction by someone else than the author is refused then); corrections of that
+    message stored on their own meanwhile are retracted at once (they carry its text).
 
     A retracted message becomes a tombstone: its body is cleared (and leaves the
     full-text index: nothing finds it any more), what was derived from it (previous
@@ -31,6 +36,20 @@ Receiving
     xmlns='urn:xmpp:message-retract:0'/></apply-to>``, still sent by some clients)
     is accepted with the same rules. Moderators' retractions (XEP-0425, a
     ``<moderated/>`` inside) are the XEP-0425 plugin's business.
+
+Archived tombstones
+    An archive may replace a retracted message by a tombstone (XEP-0424 "Tombstones":
+    ``<retracted xmlns='urn:xmpp:message-retract:1' id=… stamp=…/>`` instead of the
+    body; XEP-0425 adds ``<moderated by=…/>`` and ``<reason/>``; the older ``:0`` forms
+    are read too). Archived messages go through the ``message_received`` hooks with
+    ``extra["archived"]``: a tombstone from our own archive (1:1) or from the room's
+    archive (group chat) is authoritative (no author check). If we stored that message
+    (same archive id; else same origin-id or same sender and ``id``, when our copy has no
+    id from that archive) it becomes a tombstone as for a live retraction
+    (``extra["retracted"]`` gets ``"tombstone": True``, ``MessageUpdate``); otherwise the
+    tombstone is stored as a retracted placeholder (no body, ``extra["retracted"]``) at
+    the message's place. A ``<retracted/>`` anywhere else (a live message, another
+    archive) is ignored with a log line.
 """
 
 from __future__ import annotations
@@ -40,10 +59,14 @@ import logging
 from twisted.words.xish import domish
 
 from sat.core import errors, hooks
+from sat.plugins.xep_0203_delay import parse_datetime
 from sat.plugins.xep_0308_correction import (
+    BODY_REVEALING_KEYS,
     EARLY_PRIORITY,
     NS_FALLBACK,
     NS_HINTS,
+    NS_OCCUPANT_ID,
+    NS_SID,
     Author,
     EditingPlugin,
     child,
@@ -59,6 +82,9 @@ NS_FASTEN = "urn:xmpp:fasten:0"
 NS_MODERATE = "urn:xmpp:message-moderate:1"
 NS_MODERATE_0 = "urn:xmpp:message-moderate:0"
 FALLBACK_BODY = "/me retracted a previous message, but it's unsupported by your client."
+#: longest JID kept from a tombstone's ``by``, longest reason
+MAX_JID_LENGTH = 3071
+MAX_REASON_LENGTH = 2000
 
 
 def parse_retraction(elt: domish.Element) -> tuple[str | None, domish.Element | None, bool]:
@@ -76,6 +102,51 @@ def parse_retraction(elt: domish.Element) -> tuple[str | None, domish.Element | 
     return None, None, False
 
 
+def _first_named(parent: domish.Element, name: str) -> domish.Element | None:
+    return next((c for c in parent.elements() if c.name == name), None)
+
+
+def parse_tombstone(elt: domish.Element) -> dict | None:
+    """What an archived tombstone says, or None if ``elt`` is not one.
+
+    XEP-0424 (Tombstones): the archive replaced the message's content by ``<retracted
+    xmlns='urn:xmpp:message-retract:1' id=retraction's id stamp=…/>``; XEP-0425 puts a
+    ``<moderated by=…/>`` (and a ``<reason/>``) in it. Older forms: ``<retracted
+    xmlns='urn:xmpp:message-retract:0' stamp=…/>`` directly in the message, or inside a
+    ``<moderated xmlns='urn:xmpp:message-moderate:0' by=…/>``. Returns ``{"id", "stamp",
+    "moderated", "by", "by_occupant_id", "reason", "origin_id"}`` (unusable values None).
+    """
+    retracted = child(elt, NS_RETRACT, "retracted") or child(elt, NS_RETRACT_0, "retracted")
+    moderated = None
+    if retracted is not None:
+        moderated = child(retracted, NS_MODERATE, "moderated")
+        reason = _first_named(retracted, "reason")
+    else:
+        moderated = child(elt, NS_MODERATE_0, "moderated")
+        if moderated is None:
+            return None
+        retracted = child(moderated, NS_RETRACT_0, "retracted")
+        if retracted is None:
+            return None
+        reason = _first_named(moderated, "reason")
+    by = moderated.getAttribute("by") if moderated is not None else None
+    occupant = child(moderated, NS_OCCUPANT_ID, "occupant-id") if moderated is not None else None
+    occupant_id = occupant.getAttribute("id") if occupant is not None else None
+    origin = child(retracted, NS_SID, "origin-id")  # the 0.2 form named the message so
+    origin_id = origin.getAttribute("id") if origin is not None else None
+    reason_text = str(reason).strip()[:MAX_REASON_LENGTH] if reason is not None else ""
+    retraction_id = retracted.getAttribute("id")
+    return {
+        "id": retraction_id if valid_id(retraction_id) else None,
+        "stamp": parse_datetime(retracted.getAttribute("stamp")),
+        "moderated": moderated is not None,
+        "by": by if by and len(by) <= MAX_JID_LENGTH else None,
+        "by_occupant_id": occupant_id if valid_id(occupant_id) else None,
+        "reason": reason_text or None,
+        "origin_id": origin_id if valid_id(origin_id) else None,
+    }
+
+
 class RetractionPlugin(EditingPlugin):
     name = "XEP-0424"
     label = "Message Retraction"
@@ -83,6 +154,7 @@ class RetractionPlugin(EditingPlugin):
     description = "Retracts our messages; turns contacts' retracted messages into tombstones."
     features = (NS_RETRACT, NS_FALLBACK)
     notes_identity = True
+    pending_kinds = ("retraction",)
 
     def __init__(self, host):
         super().__init__(host)
@@ -90,7 +162,8 @@ class RetractionPlugin(EditingPlugin):
             "message_received",
             self._on_received,
             EARLY_PRIORITY,
-            namespaces=[NS_RETRACT, NS_FASTEN],
+            # the last two: the older forms of archived tombstones
+            namespaces=[NS_RETRACT, NS_FASTEN, NS_RETRACT_0, NS_MODERATE_0],
         )
         self._add_method(
             "MessageRetract",
@@ -148,6 +221,15 @@ class RetractionPlugin(EditingPlugin):
     # --- receiving --------------------------------------------------------------------------
 
     async def _on_received(self, client, elt: domish.Element, data: dict):
+        tombstone = parse_tombstone(elt)
+        if tombstone is not None:
+            if data["extra"].get("archived"):
+                return await self._on_tombstone(client, elt, data, tombstone)
+            log.info(
+                "[%s] tombstone outside an archive result from %s: element ignored",
+                client.profile,
+                elt.getAttribute("from") or data["source"],
+            )
         ref, retract, moderated = parse_retraction(elt)
         if ref is None and retract is None and not moderated:
             return None
@@ -172,37 +254,158 @@ class RetractionPlugin(EditingPlugin):
         target = await self.find_referenced(client, ref, peer, groupchat, author)
         if target is None:
             target = await self.find_referenced(client, ref, peer, groupchat)
+        retracted = {
+            "by": author.jid,
+            "timestamp": data["timestamp"],
+            "id": data["extra"].get("message_id") or elt.getAttribute("id"),
+        }
         if target is None:
-            log.info("[%s] retraction from %s of unknown message %s ignored", profile, sender, ref)
+            await self._retract_early_corrections(client, ref, data, author, retracted)
+            kept = self.keep_pending(
+                client, "retraction", ref, data, author, {"retracted": retracted}
+            )
+            log.info(
+                "[%s] retraction from %s of unknown message %s %s",
+                profile,
+                sender,
+                ref,
+                "kept until that message arrives" if kept else "ignored",
+            )
             return hooks.STOP
         if (target.get("extra") or {}).get("retracted"):
             log.debug("[%s] message %s already retracted", profile, target["uid"])
             return hooks.STOP
-        original = Author.of_row(target)
-        ok, reason = same_author(
-            original, author, same_nick=False, left_since=self.left_since(client, target)
-        )
-        if not ok:
+        what = f"retraction from {sender} of message {ref} written by {Author.of_row(target).jid}"
+        if not self.may_edit(client, target, author, same_nick=False, what=what):
+            return hooks.STOP
+        await self.retract_row(client, target, retracted)
+        return hooks.STOP
+
+    async def _retract_early_corrections(
+        self, client, ref: str, data: dict, author: Author, retracted: dict
+    ) -> None:
+        """The message ``ref`` is unknown but corrections of it by the same author were
+        stored as messages of their own (they came first): they carry its text, retract
+        them too."""
+        peer, groupchat = self.conversation(client, data)
+        for entry in self.pending.matching(client.profile, "correction", peer, groupchat, ref):
+            ok, _reason = same_author(self.pending_author(entry), author, same_nick=False)
+            uid = entry["data"].get("uid")
+            if not ok or not isinstance(uid, str) or not uid:
+                continue
+            row = await self.host.storage.history_find(client.profile, uid=uid)
+            if row is None or (row.get("extra") or {}).get("retracted"):
+                continue
+            if (row.get("extra") or {}).get("replace_id") != ref:
+                continue
+            await self.retract_row(client, row, retracted)
+
+    # --- archived tombstones -----------------------------------------------------------------
+
+    async def _on_tombstone(self, client, elt: domish.Element, data: dict, tombstone: dict):
+        """An archive (ours, or a room's) replaced a retracted message by a tombstone.
+
+        Those archives are authoritative (the MAM plugin only takes results from the archive
+        queried, and from a room's archive only the room's messages): no author check. A
+        message we stored becomes a tombstone as for a live retraction; for one we never
+        had, the tombstone is stored as a retracted placeholder (no body) at the place the
+        message had, so the conversation shows that something was said and removed there
+        (XEP-0424 lets clients tell the user), a later copy of the message (same archive
+        id, same origin-id) is a duplicate that cannot bring the text back, and the
+        retraction message that follows in the archive finds its target.
+        """
+        profile = client.profile
+        groupchat = data["type"] == "groupchat"
+        archive = data.get("stanza_id_by")
+        own = client.jid.userhost()
+        if archive != (data["source"] if groupchat else own):
             log.warning(
-                "[%s] refused retraction from %s of message %s written by %s: %s; "
-                "history unchanged",
+                "[%s] tombstone from the archive of %s, neither ours nor the room's: ignored",
                 profile,
-                sender,
-                ref,
-                original.jid,
-                reason,
+                archive,
             )
             return hooks.STOP
-        await self.retract_row(
-            client,
-            target,
-            {
-                "by": author.jid,
-                "timestamp": data["timestamp"],
-                "id": data["extra"].get("message_id") or elt.getAttribute("id"),
-            },
+        resource = data.get("source_resource") or ""
+        author_jid = f"{data['source']}/{resource}" if groupchat and resource else data["source"]
+        retracted = {
+            "by": tombstone["by"] or (data["source"] if tombstone["moderated"] else author_jid),
+            "timestamp": tombstone["stamp"] or data["timestamp"],
+            "id": tombstone["id"],
+            "tombstone": True,
+        }
+        if tombstone["moderated"]:
+            retracted["moderated"] = True
+            retracted["reason"] = tombstone["reason"]
+            retracted["by_occupant_id"] = tombstone["by_occupant_id"]
+        retracted = {k: v for k, v in retracted.items() if v is not None}
+        target = await self._tombstone_target(client, elt, data, tombstone, archive)
+        if target is not None:
+            if not (target.get("extra") or {}).get("retracted"):
+                await self.retract_row(client, target, retracted)
+            return hooks.STOP
+        log.info(
+            "[%s] archived tombstone of a message we never had (archive id %s of %s): stored "
+            "as a retracted placeholder",
+            profile,
+            data.get("stanza_id"),
+            archive,
         )
-        return hooks.STOP
+        data["body"] = None
+        extra = data["extra"]
+        for key in BODY_REVEALING_KEYS:
+            extra.pop(key, None)
+        extra["retracted"] = retracted
+        extra["store"] = True  # no body, but a row to keep (see above)
+        return None
+
+    async def _tombstone_target(
+        self, client, elt: domish.Element, data: dict, tombstone: dict, archive: str
+    ) -> dict | None:
+        """The stored message a tombstone stands for: same archive id, else (stored before we
+        knew its archive id) same origin-id, else same sender and ``id`` attribute."""
+        storage = self.host.storage
+        profile = client.profile
+        if data.get("stanza_id"):
+            row = await storage.history_find(
+                profile, stanza_id=data["stanza_id"], stanza_id_by=archive
+            )
+            if row is not None:
+                return row
+        peer, groupchat = self.conversation(client, data)
+        resource = data.get("source_resource") or ""
+
+        def usable(row: dict | None) -> bool:
+            # an archived message of that archive with another id is another message
+            return (
+                row is not None
+                and self.conversation(client, row) == (peer, groupchat)
+                and row["source"] == data["source"]
+                and (not groupchat or (row.get("source_resource") or "") == resource)
+                and not (row.get("stanza_id") and row.get("stanza_id_by") == archive)
+            )
+
+        origin_id = data.get("origin_id") or tombstone["origin_id"]
+        if origin_id:
+            row = await storage.history_find(profile, source=data["source"], origin_id=origin_id)
+            if usable(row):
+                return row
+        msg_id = data["extra"].get("message_id") or elt.getAttribute("id")
+        if valid_id(msg_id):
+            author = Author(bare=data["source"], resource=resource, muc=groupchat)
+            row = await self.find_referenced(client, msg_id, peer, groupchat, author)
+            if usable(row):
+                return row
+        return None
+
+    # --- retractions received before their message ----------------------------------------
+
+    def pending_accepts(self, client, message: dict, entry: dict) -> bool:
+        return self.pending_author_matches(client, message, entry, same_nick=False)
+
+    async def pending_apply(self, client, row: dict, entry: dict) -> None:
+        if (row.get("extra") or {}).get("retracted"):
+            return
+        await self.retract_row(client, row, entry["data"]["retracted"])
 
 
 PLUGIN = RetractionPlugin

@@ -16,9 +16,11 @@ Receiving
     the room itself: a group chat message from the room's bare JID (no nick), a room
     we are in, naming a message of that room by the stanza-id *that room* gave it
     (XEP-0425 business rules: "all other such messages MUST be discarded"). A notice
-    sent by an occupant (a non-moderator trying to retract someone else's message),
-    by a contact, or naming an unknown id is ignored with a log line: the history is
-    unchanged.
+    sent by an occupant (a non-moderator trying to retract someone else's message)
+    or by a contact is ignored with a log line: the history is unchanged. A notice from
+    the room naming a stanza-id we do not have yet is kept (see
+    :class:`sat.plugins.xep_0308_correction.PendingReferences`) and applied when the
+    room's message with that stanza-id is stored.
 
     The message becomes a tombstone as for XEP-0424, with ``extra["retracted"] =
     {"by": moderator, "moderated": True, "reason", "timestamp", "id"}``, then
@@ -35,6 +37,7 @@ from twisted.words.xish import domish
 from sat.core import errors, hooks
 from sat.plugins.xep_0308_correction import (
     EARLY_PRIORITY,
+    Author,
     EditingPlugin,
     FeatureNotSupported,
     child,
@@ -81,6 +84,7 @@ class ModerationPlugin(EditingPlugin):
     dependencies = ("XEP-0030", "XEP-0359", "XEP-0045")
     recommendations = ("XEP-0424", "XEP-0313")
     description = "Room moderators retract occupants' messages; only the room's notices count."
+    pending_kinds = ("moderation",)
 
     def __init__(self, host):
         super().__init__(host)
@@ -192,9 +196,39 @@ class ModerationPlugin(EditingPlugin):
         )
         if target is None:
             target = self._pending_by_stanza_id(client, ref, room_bare)
-        if target is None or target["type"] != "groupchat" or target["source"] != room_bare:
+        by = moderated.getAttribute("by") or ""
+        if len(by) > MAX_JID_LENGTH:
+            by = ""
+        occupant = child(moderated, "urn:xmpp:occupant-id:0", "occupant-id")
+        occupant_id = occupant.getAttribute("id") if occupant is not None else None
+        retracted = {
+            "by": by or room_bare,
+            "moderated": True,
+            "reason": reason[:MAX_REASON_LENGTH] or None,
+            "by_occupant_id": occupant_id if valid_id(occupant_id) else None,
+            "timestamp": data["timestamp"],
+            "id": data["extra"].get("message_id") or elt.getAttribute("id"),
+        }
+        if target is None:
+            kept = self.keep_pending(
+                client,
+                "moderation",
+                ref,
+                data,
+                Author(bare=room_bare, muc=True),
+                {"retracted": {k: v for k, v in retracted.items() if v is not None}},
+            )
             log.info(
-                "[%s] moderation notice from %s for unknown stanza-id %s ignored",
+                "[%s] moderation notice from %s for unknown stanza-id %s %s",
+                profile,
+                room_bare,
+                ref,
+                "kept until that message arrives" if kept else "ignored",
+            )
+            return hooks.STOP
+        if target["type"] != "groupchat" or target["source"] != room_bare:
+            log.info(
+                "[%s] moderation notice from %s for stanza-id %s of another conversation ignored",
                 profile,
                 room_bare,
                 ref,
@@ -202,23 +236,25 @@ class ModerationPlugin(EditingPlugin):
             return hooks.STOP
         if (target.get("extra") or {}).get("retracted"):
             return hooks.STOP
-        by = moderated.getAttribute("by") or ""
-        if len(by) > MAX_JID_LENGTH:
-            by = ""
-        occupant = child(moderated, "urn:xmpp:occupant-id:0", "occupant-id")
-        await self.retract_row(
-            client,
-            target,
-            {
-                "by": by or room_bare,
-                "moderated": True,
-                "reason": reason[:MAX_REASON_LENGTH] or None,
-                "by_occupant_id": occupant.getAttribute("id") if occupant is not None else None,
-                "timestamp": data["timestamp"],
-                "id": data["extra"].get("message_id") or elt.getAttribute("id"),
-            },
-        )
+        await self.retract_row(client, target, retracted)
         return hooks.STOP
+
+    # --- moderation notices received before their message -----------------------------------
+
+    def pending_accepts(self, client, message: dict, entry: dict) -> bool:
+        """Only the message the room gave that stanza-id (the notice came from the room)."""
+        room = entry["peer"]
+        return (
+            message.get("type") == "groupchat"
+            and message.get("source") == room
+            and message.get("stanza_id") == entry["ref"]
+            and message.get("stanza_id_by") == room
+        )
+
+    async def pending_apply(self, client, row: dict, entry: dict) -> None:
+        if (row.get("extra") or {}).get("retracted"):
+            return
+        await self.retract_row(client, row, entry["data"]["retracted"])
 
     @staticmethod
     def _pending_by_stanza_id(client, ref: str, room_bare: str) -> dict | None:

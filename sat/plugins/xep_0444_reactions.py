@@ -23,8 +23,10 @@ Receiving
     ``<reactions/>`` per message (else ignored), reactions that are not one emoji (or
     too long) are dropped with a log line, duplicates ignored, at most
     :data:`MAX_REACTIONS` kept; an update older than the one we have from that
-    sender (a delayed message) is ignored; reactions to unknown or retracted messages
-    are ignored.
+    sender (a delayed message) is ignored; reactions to retracted messages are ignored.
+    Reactions to a message we do not have yet are kept (see
+    :class:`sat.plugins.xep_0308_correction.PendingReferences`: bounded, saved across
+    restarts) and applied, with the usual ``MessageUpdate``, when it is stored.
 """
 
 from __future__ import annotations
@@ -224,6 +226,7 @@ class ReactionsPlugin(EditingPlugin):
     xeps = ("XEP-0444",)
     description = "Emoji reactions to messages, aggregated per sender."
     features = (NS_REACTIONS,)
+    pending_kinds = ("reaction",)
 
     def __init__(self, host):
         super().__init__(host)
@@ -379,16 +382,33 @@ class ReactionsPlugin(EditingPlugin):
         author = self.author_of(client, elt, data)
         if author is None:
             return hooks.STOP
+        kept = self._parse(containers[0], profile, sender)
+        if kept is None:
+            return hooks.STOP  # nothing valid: not a removal of the previous reactions
         peer, groupchat = self.conversation(client, data)
         target = await self.find_referenced(client, ref, peer, groupchat)
         if target is None:
-            log.info("[%s] reactions from %s to unknown message %s ignored", profile, sender, ref)
+            # an empty set too: it replaces the same sender's earlier pending reactions
+            pending = self.keep_pending(client, "reaction", ref, data, author, {"reactions": kept})
+            log.info(
+                "[%s] reactions from %s to unknown message %s %s",
+                profile,
+                sender,
+                ref,
+                "kept until that message arrives" if pending else "ignored",
+            )
             return hooks.STOP
         if (target.get("extra") or {}).get("retracted"):
             log.info("[%s] reactions from %s to a retracted message ignored", profile, sender)
             return hooks.STOP
+        await self.apply(client, target, author, kept, data["timestamp"])
+        return hooks.STOP
+
+    def _parse(self, container: domish.Element, profile: str, sender: str) -> list[str] | None:
+        """The valid reactions of a ``<reactions/>`` (empty: none any more), None if it only
+        had invalid ones."""
         values = []
-        for element in containers[0].elements():
+        for element in container.elements():
             if element.name != "reaction" or element.uri != NS_REACTIONS:
                 continue
             if len(values) >= MAX_ELEMENTS:
@@ -406,9 +426,23 @@ class ReactionsPlugin(EditingPlugin):
             log.info("[%s] only the first %d reactions of %s kept", profile, MAX_REACTIONS, sender)
             kept = kept[:MAX_REACTIONS]
         if refused and not kept and values:
-            return hooks.STOP  # nothing valid: not a removal of the previous reactions
-        await self.apply(client, target, author, kept, data["timestamp"])
-        return hooks.STOP
+            return None
+        return kept
+
+    # --- reactions received before their message --------------------------------------------
+
+    async def pending_apply(self, client, row: dict, entry: dict) -> None:
+        if (row.get("extra") or {}).get("retracted"):
+            log.info(
+                "[%s] reactions received before message %s dropped: it is retracted",
+                client.profile,
+                row["uid"],
+            )
+            return
+        reactions = [r for r in entry["data"].get("reactions") or () if is_emoji(r)]
+        await self.apply(
+            client, row, self.pending_author(entry), reactions[:MAX_REACTIONS], entry["timestamp"]
+        )
 
     async def apply(
         self, client, target: dict, author: Author, reactions: list[str], timestamp: float

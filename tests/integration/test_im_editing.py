@@ -21,6 +21,7 @@ import pytest
 
 from sat_frontends.bridge import errors as bridge_errors
 from tests.support.bridge_helpers import (
+    ProgressWatcher,
     SignalRecorder,
     add_profile,
     find_message,
@@ -371,6 +372,136 @@ async def test_room_corrections_reactions_replies_retractions(sat_daemon, prosod
             message = await find_message(bridge, profile, room, uid)
             assert "body" not in message and message["extra"]["retracted"]
             assert await search_uids(bridge, profile, "Meeting") == []
+    finally:
+        await mallory.close()
+        await bridge.close()
+
+
+@asyncio_test(timeout=120)
+async def test_references_before_their_message_wait_for_it(sat_daemon, prosody, make_account):
+    """A reaction, a retraction and a correction that arrive before the message they name
+    are kept and applied when it arrives; a retraction naming a message of someone else
+    (our own, sent from another of our clients) is still refused then."""
+    a, s = make_account("p-alice"), make_account("p-slix")
+    bridge = await open_bridge(sat_daemon)
+    slix = slix_peer(prosody, s)
+    other = SlixPeer(prosody, a, "other", plugins=("xep_0030",), record=("presence_available",))
+    try:
+        signals = SignalRecorder(bridge, SIGNALS)
+        await other.connect(timeout=10)
+        a_full = await add_profile(bridge, "alice", a, prosody)
+        await slix.connect(timeout=10)
+        # the daemon's initial presence goes out once its plugins are set (carbons enabled)
+        await other.wait_event("presence_available", lambda p: str(p["from"]) == a_full)
+        early = [
+            f"<message to='{a_full}' type='chat' id='x1'><reactions xmlns='{NS_REACTIONS}' "
+            "id='early-1'><reaction>🎉</reaction></reactions><store xmlns='urn:xmpp:hints'/>"
+            "</message>",
+            f"<message to='{a_full}' type='chat' id='x2'><retract xmlns='{NS_RETRACT}' "
+            "id='early-2'/><body>/me retracted a previous message</body></message>",
+            f"<message to='{a_full}' type='chat' id='x4'><retract xmlns='{NS_RETRACT}' "
+            "id='early-4'/><body>/me retracted a previous message</body></message>",
+            f"<message to='{a_full}' type='chat' id='x3'><body>Corrected text</body>"
+            f"<replace xmlns='{NS_LMC}' id='early-3'/></message>",
+        ]
+        for xml in early:
+            await slix.send_raw(xml)
+        # the correction of an unknown message is stored on its own meanwhile (once it is,
+        # the references sent before it are kept)
+        standalone = await signals.new("alice", lambda m: m.get("body") == "Corrected text")
+        assert standalone["extra"]["replace_id"] == "early-3"
+        assert signals.of("MessageUpdate", "alice") == []
+
+        # our own client writes to slixmpp with id early-4: a carbon reaches the daemon
+        await other.send_raw(
+            f"<message to='{s.jid}' type='chat' id='early-4'><body>Mine, not yours</body></message>"
+        )
+        mine = await signals.new("alice", lambda m: m.get("body") == "Mine, not yours")
+        assert mine["outgoing"] and mine["extra"].get("carbon") == "sent"
+        for n, body in ((1, "Party tonight"), (2, "Oops, wrong chat"), (3, "Wrnog txet")):
+            await slix.send_raw(
+                f"<message to='{a_full}' type='chat' id='early-{n}'><body>{body}</body></message>"
+            )
+        party = await signals.new("alice", lambda m: m.get("body") == "Party tonight")
+        oops = await signals.new("alice", lambda m: m.get("body") == "Oops, wrong chat")
+        typo = await signals.new("alice", lambda m: m.get("body") == "Wrnog txet")
+        _p, _u, _t, data = await signals.update("alice", party["uid"], "reaction")
+        assert data["reactions"] == {"🎉": [s.jid]}
+        await signals.update("alice", oops["uid"], "retraction")
+        _p, _u, _t, data = await signals.update("alice", typo["uid"], "correction")
+        assert data["body"] == "Corrected text"
+        await signals.update("alice", standalone["uid"], "deleted")
+
+        rows = {m["uid"]: m for m in await history(bridge, "alice", s.jid)}
+        assert rows[party["uid"]]["extra"]["reactions"] == {"🎉": [s.jid]}
+        assert "body" not in rows[oops["uid"]] and rows[oops["uid"]]["extra"]["retracted"]
+        assert rows[typo["uid"]]["body"] == "Corrected text"
+        assert rows[typo["uid"]]["extra"]["edits"][0]["body"] == "Wrnog txet"
+        assert standalone["uid"] not in rows
+        assert await search_uids(bridge, "alice", "wrong") == []
+        # our message (the carbon) kept its text: slixmpp could not retract it
+        assert rows[mine["uid"]]["body"] == "Mine, not yours"
+        assert "retracted" not in rows[mine["uid"]]["extra"]
+        assert not [e for e in signals.of("MessageUpdate", "alice") if e[1] == mine["uid"]]
+        assert await bridge.is_ready()
+    finally:
+        await other.close()
+        await slix.close()
+        await bridge.close()
+
+
+@asyncio_test(timeout=120)
+async def test_catch_up_applies_early_references_and_resists_forged_tombstones(
+    sat_daemon, prosody, make_account
+):
+    """While we are offline a contact sends a reaction before the message it names, and a
+    ``<retracted/>`` (a tombstone's form) naming our message, with a store hint: our
+    archive keeps both as they are. The catch-up applies the reaction once its message is
+    stored; the forged tombstone cannot retract our message (it is not the archive's
+    tombstone of it: another archive id, another sender)."""
+    a, m = make_account("t-alice"), make_account("t-mallory")
+    bridge = await open_bridge(sat_daemon)
+    mallory = slix_peer(prosody, m, "evil")
+    try:
+        signals = SignalRecorder(bridge, SIGNALS)
+        watcher = ProgressWatcher(bridge, f"mam:alice:{a.jid}")
+        await add_profile(bridge, "alice", a, prosody)
+        await watcher.wait()
+        await mallory.connect(timeout=10)
+        a_uid = await bridge.message_send("alice", m.jid, "I agree to nothing", {})
+        await mallory.next_event(MESSAGES, lambda msg: msg["id"] == a_uid)
+        await bridge.profile_disconnect("alice")
+
+        hint = "<store xmlns='urn:xmpp:hints'/>"
+        for xml in (
+            f"<message to='{a.jid}' type='chat' id='re-1'><reactions xmlns='{NS_REACTIONS}' "
+            f"id='later-1'><reaction>👍</reaction></reactions>{hint}</message>",
+            f"<message to='{a.jid}' type='chat' id='{a_uid}'><retracted xmlns='{NS_RETRACT}' "
+            f"id='forged' stamp='2020-01-01T00:00:00Z'/>{hint}</message>",
+            f"<message to='{a.jid}' type='chat' id='later-1'><body>Late news</body></message>",
+        ):
+            await mallory.send_raw(xml)
+        await asyncio.sleep(0.5)  # archived by the server
+
+        watcher.reset()
+        signals.clear()
+        assert await bridge.profile_connect("alice", "")
+        done = await watcher.wait()
+        assert done["stored"] >= 1, done
+        late = await signals.new("alice", lambda msg: msg.get("body") == "Late news")
+        assert late["extra"].get("archived")
+        _p, _u, _t, data = await signals.update("alice", late["uid"], "reaction")
+        assert data["reactions"] == {"👍": [m.jid]}
+        rows = {msg["uid"]: msg for msg in await history(bridge, "alice", m.jid)}
+        assert rows[late["uid"]]["extra"]["reactions"] == {"👍": [m.jid]}
+        assert rows[a_uid]["body"] == "I agree to nothing"
+        assert "retracted" not in rows[a_uid]["extra"]
+        assert not [e for e in signals.of("MessageUpdate", "alice") if e[1] == a_uid]
+        assert await search_uids(bridge, "alice", "agree") == [a_uid]
+        # what the archive holds of the forged one: a body-less placeholder, mallory's own
+        (forged,) = [msg for msg in rows.values() if msg["extra"].get("retracted")]
+        assert forged["from"].startswith(m.jid) and "body" not in forged
+        assert await bridge.is_ready()
     finally:
         await mallory.close()
         await bridge.close()

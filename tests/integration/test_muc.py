@@ -202,6 +202,52 @@ async def test_room_history_comes_from_mam(sat_daemon, prosody, make_account):
 
 
 @asyncio_test(timeout=90)
+async def test_occupants_are_not_contacts(sat_daemon, prosody, make_account):
+    """Room presences reach the occupant signals only: no PresenceUpdate, nothing in the
+    contacts' presences, no ghost after leaving."""
+    a, b = make_account("pr-alice"), make_account("pr-bob")
+    bridge, rec = await open_session(
+        sat_daemon, prosody, {"alice": a, "bob": b}, (*SIGNALS, "PresenceUpdate")
+    )
+    room = room_jid(prosody, "pres")
+
+    def room_presences():
+        return [e for e in rec.of("PresenceUpdate") if e[1].split("/")[0] == room]
+
+    try:
+        await bridge.muc_join("alice", room, "alice", {})
+        await bridge.muc_join("bob", room, "bob", {})
+        await rec.wait(
+            "MucOccupantUpdate",
+            lambda p, r, o: p == "alice" and o["nick"] == "bob" and o["state"] == "joined",
+        )
+        await bridge.presence_set("bob", "away", {"default": "brb"}, 0)
+        await rec.wait(
+            "MucOccupantUpdate",
+            lambda p, r, o: p == "alice" and o["nick"] == "bob" and o.get("show") == "away",
+        )
+        for profile in ("alice", "bob"):
+            statuses = await bridge.presence_statuses_get(profile)
+            assert not [s for s in statuses if s["entity"].startswith(room)], statuses
+        await bridge.muc_leave("bob", room, "")
+        await rec.wait(
+            "MucOccupantUpdate",
+            lambda p, r, o: p == "alice" and o["nick"] == "bob" and o["state"] == "left",
+        )
+        await bridge.muc_leave("alice", room, "")
+        await rec.wait("MucRoomLeft", lambda p, r, d: p == "alice" and r == room)
+        await asyncio.sleep(0.3)
+        assert room_presences() == []
+        for profile in ("alice", "bob"):
+            statuses = await bridge.presence_statuses_get(profile)
+            assert not [s for s in statuses if s["entity"].startswith(room)], statuses
+            gone = await bridge.presence_get(profile, f"{room}/bob")
+            assert gone["show"] == "unavailable" and "statuses" not in gone
+    finally:
+        await bridge.close()
+
+
+@asyncio_test(timeout=90)
 async def test_password_invitation_and_nick_conflict(sat_daemon, prosody, make_account):
     a, b, c = make_account("i-alice"), make_account("i-bob"), make_account("i-carol")
     bridge, rec = await setup(sat_daemon, prosody, {"alice": a, "bob": b, "carol": c})

@@ -598,6 +598,35 @@ def test_own_resource_not_stored_error_and_probe(tmp_path, clock):
     assert host.bridge.of("SubscriptionEvent") == []
 
 
+def test_presence_claimed_by_a_plugin_is_not_a_contact(tmp_path, clock):
+    """A plugin observer running first (XEP-0045 for room occupants) marks a presence as
+    its own: the core keeps no contact resource for it but still runs the hooks."""
+    host, client = make(tmp_path, clock)
+    hooked = []
+    host.hooks.add("presence_received", lambda c, elt: hooked.append(elt["from"]))
+
+    def claim(elt):
+        if elt.getAttribute("from", "").startswith("room@conf.lit/"):
+            elt.claimed_by = "XEP-0045"
+
+    client.xmlstream.addObserver("/presence", claim, priority=10)
+    available(client, "room@conf.lit/nick", "away")
+    client.receive("<presence xmlns='jabber:client' type='unavailable' from='room@conf.lit/nick'/>")
+    client.receive("<presence xmlns='jabber:client' type='unavailable' from='room@conf.lit/x'/>")
+    assert client.presences == {} and client.last_unavailable == {}
+    assert host.bridge.of("PresenceUpdate") == []
+    assert hooked == ["room@conf.lit/nick"] * 2 + ["room@conf.lit/x"]
+    gone = result_of(run(host.bridge.methods["PresenceGet"]("juliet", "room@conf.lit")))
+    assert gone["show"] == "unavailable" and "statuses" not in gone
+    # errors are never claimed away: handled as before
+    available(client, f"{ROMEO}/x")
+    client.receive(f"<presence xmlns='jabber:client' type='error' from='{ROMEO}/x'/>")
+    assert client.presences == {}
+    # other presences are untouched
+    available(client, f"{ROMEO}/orchard")
+    assert list(client.presences) == [f"{ROMEO}/orchard"]
+
+
 def test_directed_presence_and_session_start(tmp_path, clock):
     host, client = make(tmp_path, clock)
     available(client, f"{ROMEO}/x")

@@ -238,6 +238,13 @@ class Env:
             if handler is not None:
                 handler.setHandlerParent(self.client)
         self.host.clients[PROFILE] = self.client
+        #: references to unknown messages; saved on this clock (no timer left behind)
+        self.pending = xep_0308_correction.pending_references(self.host)
+        self.pending.clock = self.clock
+
+    async def settle(self):
+        """Wait for the pending references being applied (they run after the storage)."""
+        await self.pending.idle()
 
     @property
     def signals(self):
@@ -594,12 +601,13 @@ async def test_message_correct_in_room_waits_for_the_reflection(env):
 # --- archived pages (MAM): the original and its correction in the same page ----------------------
 
 
-async def process_archived_page(env, inner_xmls, archive=ME):
-    """What the MAM plugin does with a page: hooks on every message, then one batch."""
+async def process_archived_page(env, inner_xmls, archive=ME, first=0):
+    """What the MAM plugin does with a page: hooks on every message, then one batch.
+    ``first``: number (archive id, time) of the page's first message."""
     from sat.core.messages import parse_message
 
     kept = []
-    for n, xml in enumerate(inner_xmls):
+    for n, xml in enumerate(inner_xmls, first):
         inner = parseXml(xml)
         data = parse_message(inner, env.client.jid)
         data["timestamp"] = 1_000_000.0 + n
@@ -1203,3 +1211,459 @@ async def test_huge_corrections_are_bounded(env):
     total = sum(len(e["body"]) for e in edits)
     assert total <= xep_0308_correction.MAX_EDITS_CHARS
     assert edits[-1]["body"][0] == "3"
+
+
+# --- references received before their message (kept pending, applied once it is stored) ----------
+
+
+def bob_message_xml(body, msg_id, frm=BOB_FULL, extra_xml=""):
+    return (
+        f"<message xmlns='jabber:client' from='{frm}' to='{ME_FULL}' type='chat' "
+        f"id='{msg_id}'><body>{body}</body>{extra_xml}</message>"
+    )
+
+
+async def carbon_to_bob(env, body, msg_id):
+    """Our other device's message to bob, as a XEP-0280 sent copy."""
+    await env.receive(
+        f"<message xmlns='jabber:client' from='{ME}/laptop' to='{BOB}' type='chat' "
+        f"id='{msg_id}'><body>{body}</body></message>",
+        {"carbon": "sent"},
+    )
+    await env.settle()
+
+
+@pytest_twisted.ensureDeferred
+async def test_early_reaction_is_applied_when_its_message_arrives(env, caplog):
+    with caplog.at_level(logging.INFO):
+        await env.receive(reactions_xml(BOB_FULL, "m1", "👍", "🎉"))
+    assert "kept until that message arrives" in caplog.text
+    assert env.pending.count(PROFILE) == 1 and await env.history(BOB) == []
+    # a newer set from the same sender replaces the pending one
+    await env.receive(reactions_xml(BOB_FULL, "m1", "🎉", msg_id="re2"))
+    assert env.pending.count(PROFILE) == 1
+    msg = await env.from_bob("party tonight", "m1")
+    await env.settle()
+    row = await env.get(msg["uid"])
+    assert row["extra"]["reactions"] == {"🎉": [BOB]}
+    (update,) = env.signals.updates("reaction")
+    assert update[1] == msg["uid"] and update[3]["reactions"] == {"🎉": [BOB]}
+    # MessageNew first (the message as received), then the update
+    names = [name for name, _ in env.signals.signals]
+    assert names.index("MessageNew") < names.index("MessageUpdate")
+    assert env.pending.count(PROFILE) == 0
+    # the same message again (a duplicate): nothing more
+    await env.from_bob("party tonight", "m1")
+    await env.settle()
+    assert len(env.signals.updates("reaction")) == 1
+
+
+@pytest_twisted.ensureDeferred
+async def test_early_references_only_apply_in_their_conversation(env):
+    # mallory reacts to (and retracts) an id bob will use: another conversation
+    await env.receive(reactions_xml(MALLORY + "/x", "m1", "💩"))
+    await env.receive(retraction_xml(MALLORY + "/x", "m1", "r1"))
+    assert env.pending.count(PROFILE) == 2
+    msg = await env.from_bob("hello", "m1")
+    await env.settle()
+    row = await env.get(msg["uid"])
+    assert row["body"] == "hello" and "reactions" not in row["extra"]
+    assert env.signals.updates() == []
+
+
+@pytest_twisted.ensureDeferred
+async def test_early_retraction_keeps_the_author_check(env, caplog):
+    # bob retracts an id before any message carrying it arrives
+    await env.receive(retraction_xml(BOB_FULL, "c1", "r1"))
+    assert env.pending.count(PROFILE) == 1
+    # our other device's message to bob (a carbon) with that id: not bob's, refused
+    with caplog.at_level(logging.WARNING):
+        await carbon_to_bob(env, "my own words", "c1")
+    assert "refused retraction" in caplog.text
+    (ours,) = await env.history(BOB)
+    assert ours["outgoing"] and ours["body"] == "my own words"
+    assert "retracted" not in ours["extra"] and await env.search("words") == [ours["uid"]]
+    assert env.signals.updates() == []
+    # still waiting: bob's own message with that id gets it
+    assert env.pending.count(PROFILE) == 1
+    msg = await env.from_bob("oops, wrong chat", "c1")
+    await env.settle()
+    row = await env.get(msg["uid"])
+    assert row["body"] is None and row["extra"]["retracted"]["by"] == BOB
+    assert row["extra"]["retracted"]["id"] == "r1"
+    assert await env.search("wrong") == []
+    (update,) = env.signals.updates("retraction")
+    assert update[1] == msg["uid"]
+    assert (await env.get(ours["uid"]))["body"] == "my own words"
+
+
+@pytest_twisted.ensureDeferred
+async def test_early_room_moderation_and_retraction(env, caplog):
+    env.join(features={NS_SID, NS_MODERATE, NS_OCCUPANT_ID})
+    # the room moderates s1 before we get it; mallory retracts s2 (alice's) early
+    await env.receive(moderation_xml("s1"))
+    await env.receive(
+        retraction_xml(
+            f"{ROOM}/mallory",
+            "s2",
+            "x1",
+            "groupchat",
+            extra_xml=f"<occupant-id xmlns='{NS_OCCUPANT_ID}' id='oid-m'/>",
+        )
+    )
+    # an occupant forging a moderation notice is refused at once, never kept
+    with caplog.at_level(logging.WARNING):
+        await env.receive(moderation_xml("s2", frm=f"{ROOM}/mallory"))
+    assert "only the room itself" in caplog.text
+    assert env.pending.count(PROFILE) == 2
+    spam = await env.in_room("spammer", "buy potions", "p1", "s1")
+    with caplog.at_level(logging.WARNING):
+        alice = await env.in_room("alice", "alice speaks", "a1", "s2", occupant_id="oid-a")
+        await env.settle()
+    row = await env.get(spam["uid"])
+    assert row["body"] is None and row["extra"]["retracted"]["moderated"] is True
+    assert row["extra"]["retracted"]["reason"] == "spam"
+    assert (await env.get(alice["uid"]))["body"] == "alice speaks"
+    assert "refused retraction" in caplog.text
+    assert [u[1] for u in env.signals.updates()] == [spam["uid"]]
+
+
+@pytest_twisted.ensureDeferred
+async def test_early_correction_is_folded_into_its_original(env):
+    await env.receive(correction_xml(BOB_FULL, "m1", "the right word", "m2"))
+    (standalone,) = await env.history(BOB)  # stored on its own meanwhile: nothing is lost
+    assert standalone["body"] == "the right word"
+    assert standalone["extra"]["replace_id"] == "m1"
+    original = await env.from_bob("the wrong wurd", "m1")
+    await env.settle()
+    (row,) = await env.history(BOB)
+    assert row["uid"] == original["uid"] and row["body"] == "the right word"
+    assert row["extra"]["edits"][0]["body"] == "the wrong wurd"
+    assert row["extra"]["edits"][0]["id"] == "m2"
+    assert await env.search("wurd") == [] and await env.search("right") == [original["uid"]]
+    (update,) = env.signals.updates("correction")
+    assert update[1] == original["uid"]
+    (deleted,) = env.signals.updates("deleted")
+    assert deleted[1] == standalone["uid"] and deleted[3]["merged_into"] == original["uid"]
+
+
+@pytest_twisted.ensureDeferred
+async def test_early_correction_refusals(env, caplog):
+    # not the sender's last message: bob spoke in between, the correction stays apart
+    await env.receive(
+        correction_xml(BOB_FULL, "m1", "first, fixed", "m3").replace(
+            "</message>", "<delay xmlns='urn:xmpp:delay' stamp='2020-01-01T00:00:03Z'/></message>"
+        )
+    )
+    # (decided when the original is stored: what is stored by then counts)
+    for body, msg_id, second in (("second", "m2", 2), ("first", "m1", 1)):
+        await env.receive(
+            bob_message_xml(
+                body,
+                msg_id,
+                extra_xml=f"<delay xmlns='urn:xmpp:delay' stamp='2020-01-01T00:00:0{second}Z'/>",
+            )
+        )
+    await env.settle()
+    assert [r["body"] for r in await env.history(BOB)] == ["first", "second", "first, fixed"]
+    fixed = (await env.history(BOB))[-1]
+    assert fixed["extra"]["correction_refused"] == "not the last message"
+    assert env.signals.updates("correction") == []
+    # someone else's message with the referenced id: refused (our own, via a carbon)
+    await env.receive(correction_xml(BOB_FULL, "c9", "I owe bob money", "m4"))
+    with caplog.at_level(logging.WARNING):
+        await carbon_to_bob(env, "bob owes me money", "c9")
+    assert "refused correction" in caplog.text
+    assert await env.search("owes") != []
+
+
+@pytest_twisted.ensureDeferred
+async def test_early_retraction_takes_early_corrections_along(env):
+    await env.receive(correction_xml(BOB_FULL, "m1", "secret hunter3", "m2"))
+    await env.receive(retraction_xml(BOB_FULL, "m1", "r1"))
+    # the correction stored on its own carried the text: retracted too
+    (standalone,) = await env.history(BOB)
+    assert standalone["body"] is None and standalone["extra"]["retracted"]["by"] == BOB
+    assert await env.search("hunter3") == []
+    original = await env.from_bob("secret hunter2", "m1")
+    await env.settle()
+    rows = await env.history(BOB)
+    assert [r["uid"] for r in rows] == [original["uid"]]  # the standalone one is gone
+    assert rows[0]["body"] is None and rows[0]["extra"]["retracted"]["id"] == "r1"
+    assert await env.search("hunter2") == []
+
+
+@pytest_twisted.ensureDeferred
+async def test_archive_pages_newest_first_apply_early_references(env):
+    """Scrolling back (MAM ``before``): a page with reactions, a retraction and a correction
+    comes before the older page holding their messages."""
+    newer = [
+        correction_xml(BOB_FULL, "o1", "archived right", "o2").replace(ME_FULL, ME),
+        f"<message xmlns='jabber:client' from='{BOB_FULL}' to='{ME}' type='chat' id='o4'>"
+        f"<retract xmlns='{NS_RETRACT}' id='o3'/><body>fallback</body></message>",
+        f"<message xmlns='jabber:client' from='{ME}/laptop' to='{BOB}' type='chat' id='o5'>"
+        f"<reactions xmlns='{NS_REACTIONS}' id='o1'><reaction>👍</reaction></reactions>"
+        "</message>",
+    ]
+    older = [
+        f"<message xmlns='jabber:client' from='{BOB_FULL}' to='{ME}' type='chat' id='o3'>"
+        "<body>to be retracted</body></message>",
+        f"<message xmlns='jabber:client' from='{BOB_FULL}' to='{ME}' type='chat' id='o1'>"
+        "<body>archived wrong</body></message>",
+    ]
+    await process_archived_page(env, newer, first=10)
+    assert env.pending.count(PROFILE) == 3
+    await process_archived_page(env, older, first=0)
+    await env.settle()
+    rows = await env.history(BOB)
+    assert [r["body"] for r in rows] == [None, "archived right"]
+    assert rows[1]["extra"]["edits"][0]["body"] == "archived wrong"
+    assert rows[1]["extra"]["reactions"] == {"👍": [ME]}
+    assert rows[0]["extra"]["retracted"]["by"] == BOB
+    assert await env.search("wrong") == [] and await env.search("retracted") == []
+    assert env.pending.count(PROFILE) == 0
+    # the same pages again (a second catch-up): nothing new, nothing applied twice
+    await process_archived_page(env, newer, first=10)
+    await process_archived_page(env, older, first=0)
+    await env.settle()
+    rows = await env.history(BOB)
+    assert len(rows) == 2 and len(rows[1]["extra"]["edits"]) == 1
+
+
+@pytest_twisted.ensureDeferred
+async def test_pending_references_are_bounded(env, caplog):
+    pending = env.pending
+    pending.MAX_ENTRIES = 6
+    pending.MAX_PER_SENDER = 4
+    now = [1_000_000.0]
+    pending.wall = lambda: now[0]
+    with caplog.at_level(logging.WARNING):
+        for n in range(10):
+            await env.receive(reactions_xml(MALLORY + "/x", f"nope-{n}", "💩", msg_id=f"x{n}"))
+    assert "oldest dropped" in caplog.text
+    assert pending.count(PROFILE) == 4  # one sender cannot take every slot
+    await env.receive(reactions_xml(BOB_FULL, "b1", "👍"))
+    await env.receive(reactions_xml(BOB_FULL, "b2", "👍", msg_id="re2"))
+    await env.receive(reactions_xml(BOB_FULL, "b3", "👍", msg_id="re3"))
+    assert pending.count(PROFILE) == 6  # at most MAX_ENTRIES: the oldest went
+    # after MAX_AGE they are forgotten: a late message gets nothing
+    now[0] += pending.MAX_AGE + 1
+    msg = await env.from_bob("late", "b3")
+    await env.settle()
+    assert "reactions" not in (await env.get(msg["uid"]))["extra"]
+    await env.receive(reactions_xml(BOB_FULL, "b4", "👍", msg_id="re4"))
+    assert pending.count(PROFILE) == 1
+
+
+@pytest_twisted.ensureDeferred
+async def test_pending_references_survive_a_restart(env):
+    await env.receive(reactions_xml(BOB_FULL, "m1", "👍"))
+    await env.receive(retraction_xml(BOB_FULL, "m2", "r2"))
+    assert env.clock.getDelayedCalls()  # saved a moment later, in one write
+    env.clock.advance(env.pending.FLUSH_DELAY)
+    await env.settle()
+    await env.pending.flush(PROFILE)
+    # "restart": a new host on the same database; the old one stops listening
+    env.storage.remove_stored_listener(env.pending.on_stored)
+    await env.storage.kv_set(
+        xep_0308_correction.PENDING_KV_NAMESPACE,
+        "unrelated",
+        "x",
+        PROFILE,
+    )
+    restarted = Env(env.storage)
+    restarted.pending.clock = restarted.clock
+    await restarted.plugin("XEP-0444").profile_connecting(restarted.client)
+    await restarted.plugin("XEP-0424").profile_connecting(restarted.client)
+    assert restarted.pending.count(PROFILE) == 2
+    first = await restarted.from_bob("liked", "m1")
+    second = await restarted.from_bob("regretted", "m2")
+    await restarted.settle()
+    assert (await restarted.get(first["uid"]))["extra"]["reactions"] == {"👍": [BOB]}
+    assert (await restarted.get(second["uid"]))["body"] is None
+    assert restarted.pending.count(PROFILE) == 0
+    await restarted.plugin("XEP-0444").stop()
+    saved = await env.storage.kv_get(
+        xep_0308_correction.PENDING_KV_NAMESPACE, xep_0308_correction.PENDING_KV_KEY, None, PROFILE
+    )
+    assert saved["entries"] == []
+    env.storage.remove_stored_listener(restarted.pending.on_stored)
+
+
+@pytest_twisted.ensureDeferred
+async def test_saved_pending_references_are_checked_when_read(env):
+    good = {
+        "key": "k",
+        "kind": "reaction",
+        "ref": "m1",
+        "peer": BOB,
+        "groupchat": False,
+        "author": {"bare": BOB},
+        "sender": f"jid:{BOB}",
+        "timestamp": 1.0,
+        "added": time.time(),
+        "data": {"reactions": ["👍", "not an emoji"]},
+    }
+    junk = [
+        "text",
+        {**good, "key": "k2", "kind": "explode"},
+        {**good, "key": "k3", "ref": "x" * 5000},
+        {**good, "key": "k4", "author": {"bare": 5}},
+        {**good, "key": "k5", "added": "yesterday"},
+    ]
+    await env.storage.kv_set(
+        xep_0308_correction.PENDING_KV_NAMESPACE,
+        xep_0308_correction.PENDING_KV_KEY,
+        {"version": 1, "entries": [good, *junk]},
+        PROFILE,
+    )
+    await env.pending.load(PROFILE)
+    assert env.pending.count(PROFILE) == 1
+    msg = await env.from_bob("hi", "m1")
+    await env.settle()
+    assert (await env.get(msg["uid"]))["extra"]["reactions"] == {"👍": [BOB]}
+
+
+@pytest_twisted.ensureDeferred
+async def test_storage_tells_listeners_of_new_messages_only(env):
+    seen = []
+
+    def listener(profile, message):
+        seen.append((profile, message["uid"]))
+
+    def broken(profile, message):
+        raise RuntimeError("boom")
+
+    env.storage.add_stored_listener(broken)
+    env.storage.add_stored_listener(listener)
+    try:
+        message = {
+            "uid": "u1",
+            "source": BOB,
+            "dest": ME,
+            "type": "chat",
+            "body": "one",
+            "timestamp": 1.0,
+        }
+        assert await env.storage.history_add(PROFILE, message)
+        assert not await env.storage.history_add(PROFILE, dict(message))
+        batch = [dict(message), {**message, "uid": "u2"}, {**message, "uid": "u3"}]
+        await env.storage.history_add_batch(PROFILE, batch)
+    finally:
+        env.storage.remove_stored_listener(listener)
+        env.storage.remove_stored_listener(broken)
+    assert seen == [(PROFILE, "u1"), (PROFILE, "u2"), (PROFILE, "u3")]
+    await env.storage.history_add(PROFILE, {**message, "uid": "u4"})
+    assert len(seen) == 3
+
+
+# --- XEP-0424 tombstones in archives -----------------------------------------------------------
+
+
+def tombstone_xml(frm, msg_id, retraction_id="r1", to=ME, msg_type="chat", inner=None):
+    inner = (
+        inner
+        if inner is not None
+        else f"<retracted xmlns='{NS_RETRACT}' id='{retraction_id}' stamp='2030-01-01T10:00:00Z'/>"
+    )
+    return (
+        f"<message xmlns='jabber:client' from='{frm}' to='{to}' type='{msg_type}' "
+        f"id='{msg_id}'>{inner}</message>"
+    )
+
+
+@pytest_twisted.ensureDeferred
+async def test_tombstone_in_our_archive_retracts_the_stored_message(env):
+    page = [
+        f"<message xmlns='jabber:client' from='{BOB_FULL}' to='{ME}' type='chat' id='t1'>"
+        "<body>hunter2 is my password</body></message>"
+    ]
+    (stored,) = await process_archived_page(env, page)
+    assert await env.search("hunter2") == [stored["uid"]]
+    # later, the archive holds a tombstone in its place (same archive id)
+    await process_archived_page(env, [tombstone_xml(BOB_FULL, "t1")])
+    (row,) = await env.history(BOB)
+    assert row["uid"] == stored["uid"] and row["body"] is None
+    retracted = row["extra"]["retracted"]
+    assert retracted["by"] == BOB and retracted["id"] == "r1" and retracted["tombstone"]
+    assert retracted["timestamp"] == 1893492000.0  # the tombstone's stamp
+    assert await env.search("hunter2") == []
+    (update,) = env.signals.updates("retraction")
+    assert update[1] == stored["uid"]
+    # the retraction message, also archived, comes next: nothing more
+    await process_archived_page(env, [retraction_xml(BOB_FULL, "t1", "r1")], first=1)
+    assert len(env.signals.updates("retraction")) == 1
+    assert len(await env.history(BOB)) == 1
+
+
+@pytest_twisted.ensureDeferred
+async def test_tombstone_of_our_message_stored_live_without_archive_id(env):
+    # a message we sent: stored with its uid as id, no archive id; the archive then
+    # says it was retracted (from another of our devices): authoritative, no author check
+    uid = await env.send(BOB, "sent to the wrong person")
+    env.sent()
+    await process_archived_page(env, [tombstone_xml(ME + "/laptop", uid, to=BOB)], first=5)
+    row = await env.get(uid)
+    assert row["body"] is None and row["extra"]["retracted"]["by"] == ME
+    assert len(await env.history(BOB)) == 1
+
+
+@pytest_twisted.ensureDeferred
+async def test_tombstone_of_an_unknown_message_stores_a_placeholder(env):
+    kept = await process_archived_page(env, [tombstone_xml(BOB_FULL, "t9")])
+    (row,) = await env.history(BOB)
+    assert row["uid"] == kept[0]["uid"] and row["body"] is None
+    assert row["stanza_id"] == "arch-0" and row["stanza_id_by"] == ME
+    assert row["extra"]["retracted"]["tombstone"] and row["extra"]["retracted"]["by"] == BOB
+    # the message itself cannot come back with its text (same archive id, origin-id...)
+    await process_archived_page(env, [bob_message_xml("the text", "t9").replace(ME_FULL, ME)])
+    assert len(await env.history(BOB)) == 1
+    # a second catch-up: nothing new
+    await process_archived_page(env, [tombstone_xml(BOB_FULL, "t9")])
+    assert len(await env.history(BOB)) == 1
+
+
+@pytest_twisted.ensureDeferred
+async def test_moderated_tombstone_in_a_room_archive(env):
+    env.join(features={NS_SID, NS_OCCUPANT_ID})
+    msg = await env.in_room("spammer", "buy potions", "p1", "arch-0")
+    inner = (
+        f"<occupant-id xmlns='{NS_OCCUPANT_ID}' id='oid-s'/>"
+        f"<retracted stamp='2030-01-01T10:00:00Z' xmlns='{NS_RETRACT}'>"
+        f"<moderated by='{ROOM}/boss' xmlns='{NS_MODERATE}'>"
+        f"<occupant-id xmlns='{NS_OCCUPANT_ID}' id='oid-boss'/></moderated>"
+        "<reason>Spam</reason></retracted>"
+    )
+    page = [tombstone_xml(f"{ROOM}/spammer", "p1", to=ME, msg_type="groupchat", inner=inner)]
+    await process_archived_page(env, page, archive=ROOM)
+    row = await env.get(msg["uid"])
+    assert row["body"] is None
+    retracted = row["extra"]["retracted"]
+    assert retracted["moderated"] and retracted["by"] == f"{ROOM}/boss"
+    assert retracted["reason"] == "Spam" and retracted["by_occupant_id"] == "oid-boss"
+    # an old-form (:0) moderated tombstone of a message we never had: a placeholder
+    old = (
+        "<moderated by='boss@example.org' xmlns='urn:xmpp:message-moderate:0'>"
+        "<retracted stamp='2030-01-01T10:00:00Z' xmlns='urn:xmpp:message-retract:0'/>"
+        "<reason>Off topic</reason></moderated>"
+    )
+    page = [tombstone_xml(f"{ROOM}/troll", "p2", msg_type="groupchat", inner=old)]
+    await process_archived_page(env, page, archive=ROOM, first=1)
+    (placeholder,) = [r for r in await env.history(ROOM) if r["source_resource"] == "troll"]
+    assert placeholder["body"] is None
+    assert placeholder["extra"]["retracted"]["reason"] == "Off topic"
+    assert placeholder["extra"]["retracted"]["by"] == "boss@example.org"
+
+
+@pytest_twisted.ensureDeferred
+async def test_tombstones_outside_an_archive_or_from_another_archive_are_ignored(env, caplog):
+    msg = await env.from_bob("still here", "t1")
+    with caplog.at_level(logging.INFO):
+        # live: a contact cannot send a tombstone
+        await env.receive(tombstone_xml(BOB_FULL, "t1", to=ME_FULL))
+        # an archived copy that claims to come from another archive
+        await process_archived_page(env, [tombstone_xml(BOB_FULL, "t1")], archive=MALLORY)
+    assert "outside an archive" in caplog.text and "neither ours nor the room" in caplog.text
+    assert (await env.get(msg["uid"]))["body"] == "still here"
+    assert len(await env.history(BOB)) == 1
+    assert env.signals.updates() == []

@@ -892,6 +892,57 @@ def test_leave(env):
     assert not env.muc.rooms(env.client)
 
 
+def with_core_presence(env):
+    """The core presence handling (RFC 6121) on the same stream, as in the daemon."""
+    from sat.core.presence import PresenceHandling
+
+    class Immediate:
+        def addBootstrap(self, event, fn):
+            fn(env.client.xmlstream)
+
+    env.host.bridge.add_signal("PresenceUpdate", (), "a contact's presence")
+    presence = PresenceHandling(env.host)
+    env.client.factory = Immediate()
+    presence.attach(env.client)
+    seen = []
+    env.host.hooks.add("presence_received", lambda client, elt: seen.append(elt["from"]))
+    return seen
+
+
+def test_occupants_are_not_contacts(env):
+    hooked = with_core_presence(env)
+    env.join()  # romeo is in, then us
+    env.presence(ROOM, "mercutio", role="visitor")
+    env.receive(
+        f"<presence xmlns='jabber:client' from='{ROOM}/mercutio'><show>away</show>"
+        f"<x xmlns='{NS_MUC_USER}'><item role='participant' affiliation='none'/></x></presence>"
+    )
+    env.presence(ROOM, "mercutio", ptype="unavailable", role="none")
+    # the room's presences are the plugin's: occupant signals, no contact presence
+    states = [u[2]["state"] for u in env.signals("MucOccupantUpdate")]
+    assert states == ["joined", "updated", "left"]
+    assert env.signals("PresenceUpdate") == []
+    assert env.client.presences == {} and env.client.last_unavailable == {}
+    # the presence_received hooks still see them (editing plugins track who left)
+    assert f"{ROOM}/mercutio" in hooked and f"{ROOM}/juliet" in hooked
+    # leaving: no ghost contact either
+    d = run(env.muc.leave(env.client, ROOM, "bye"))
+    env.presence(ROOM, "romeo", ptype="unavailable", role="none")
+    env.presence(ROOM, "juliet", ptype="unavailable", codes=(110,), role="none")
+    result_of(d)
+    assert env.signals("PresenceUpdate") == []
+    assert env.client.presences == {} and env.client.last_unavailable == {}
+    # presences from a room we are not in (any more), and errors: handled as before
+    env.receive(f"<presence xmlns='jabber:client' from='{OTHER_ROOM}/x'/>")
+    env.receive(
+        f"<presence xmlns='jabber:client' from='{ROOM}/juliet' type='error'>"
+        "<error type='cancel'><conflict xmlns='urn:ietf:params:xml:ns:xmpp-stanzas'/></error>"
+        "</presence>"
+    )
+    assert [u[1] for u in env.signals("PresenceUpdate")] == [f"{OTHER_ROOM}/x"]
+    assert list(env.client.presences) == [f"{OTHER_ROOM}/x"]
+
+
 # --- reconnection -------------------------------------------------------------------------------
 
 
