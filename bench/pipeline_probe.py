@@ -57,6 +57,7 @@ class Probe:
 
     async def start(self) -> None:
         from twisted.internet.testing import StringTransport
+        from wokkel import subprotocols
 
         from bench.common import await_twisted
         from sat.core.host import SAT
@@ -92,6 +93,9 @@ class Probe:
         xs = client.factory.buildProtocol(None)
         xs.makeConnection(StringTransport())
         xs.dataReceived(STREAM_OPEN.encode())
+        # the handlers' observers, as after authentication (without the session start:
+        # no roster, disco or MAM request goes to this fake server)
+        subprotocols.StreamManager._authd(client, xs)
         self.stream = xs
 
     def _seed_disco(self, client) -> None:

@@ -156,3 +156,35 @@ def test_the_client_stream_uses_it():
     xs.addObserver("/message", got.append)
     xs.dataReceived(HEADER + STANZAS[0])
     assert len(got) == 1 and isinstance(got[0], StanzaElement)
+
+
+def test_dispatch_skips_other_roots_but_keeps_twisted_semantics():
+    from twisted.words.protocols.jabber import xmlstream
+
+    from sat.core.xmpp.client import SatXmlStream
+
+    xs = SatXmlStream(xmlstream.Authenticator())
+    xs._initializeStream()
+    seen = []
+    xs.addObserver("/iq", lambda e: seen.append("iq"))
+    xs.addObserver("/message", lambda e: seen.append("message"))
+    xs.addObserver("/*", lambda e: seen.append("any"), priority=10)
+    xs.addObserver("//event", lambda e: seen.append("deep event"))
+    xs.addOnetimeObserver("/message/body", lambda e: seen.append("once"), priority=5)
+    # an observer added while dispatching takes effect after the dispatch
+    xs.addObserver("/presence", lambda e: xs.addObserver("/presence", seen.append))
+    xs.dataReceived(HEADER)
+    xs.dataReceived(b"<message><body>x</body><x><event xmlns='urn:e'/></x></message>")
+    # priorities first, then the order of registration; "//event" looks deeper than the root
+    assert seen == ["any", "once", "message", "deep event"]
+    seen.clear()
+    xs.dataReceived(b"<message><body>y</body></message>")
+    assert sorted(seen) == ["any", "message"]  # the one-time observer is gone
+    seen.clear()
+    xs.dataReceived(b"<iq type='get' id='1'/>")
+    assert sorted(seen) == ["any", "iq"]
+    seen.clear()
+    xs.dataReceived(b"<presence/>")
+    assert seen == ["any"]
+    xs.dataReceived(b"<presence/>")
+    assert len(seen) == 3 and seen[-1].name == "presence"  # the observer added meanwhile
