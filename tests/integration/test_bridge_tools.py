@@ -9,7 +9,9 @@ the daemon survives a flood of malformed calls.
 from __future__ import annotations
 
 import asyncio
+import os
 import random
+import select
 import subprocess
 import time
 
@@ -80,24 +82,19 @@ def test_gdbus_profile_connect_message_and_monitor(sat_daemon, prosody, make_acc
         ["gdbus", "monitor", "--address", addr, "--dest", DEST],
         stdout=subprocess.PIPE,
         stderr=subprocess.STDOUT,
-        text=True,
     )
+    output = MonitorOutput(monitor)
     try:
-        time.sleep(0.5)  # let the monitor subscribe
+        # the monitor reports the name's owner once it has subscribed to its signals
+        assert output.wait_for(lambda line: "is owned by" in line), (
+            "gdbus monitor not ready:\n" + output.text()
+        )
         gdbus_call(addr, "MessageSend", "alice", b.jid, "seen by gdbus monitor", "{}")
-        deadline = time.monotonic() + 15
-        seen = []
-        import select
-
-        while time.monotonic() < deadline:
-            ready, _, _ = select.select([monitor.stdout], [], [], 0.2)
-            if ready:
-                line = monitor.stdout.readline()
-                seen.append(line)
-                if "MessageNew" in line and "'bob'" in line and "seen by gdbus monitor" in line:
-                    break
-        else:
-            raise AssertionError("MessageNew for bob not seen:\n" + "".join(seen))
+        assert output.wait_for(
+            lambda line: (
+                "MessageNew" in line and "'bob'" in line and "seen by gdbus monitor" in line
+            )
+        ), "MessageNew for bob not seen:\n" + output.text()
     finally:
         monitor.terminate()
         monitor.wait(5)
@@ -185,3 +182,37 @@ async def test_daemon_survives_a_thousand_bad_calls(sat_daemon):
     finally:
         bus.disconnect()
     assert sat_daemon.process.poll() is None
+
+
+class MonitorOutput:
+    """Lines a subprocess prints, read straight from its pipe.
+
+    (A buffered ``readline`` after ``select`` misses lines: several signals printed at once
+    land in Python's buffer and ``select`` on the empty pipe then waits forever.)
+    """
+
+    def __init__(self, process: subprocess.Popen):
+        self.fd = process.stdout.fileno()
+        self.lines: list[str] = []
+        self._partial = b""
+
+    def wait_for(self, wanted, timeout: float = 15.0) -> bool:
+        deadline = time.monotonic() + timeout
+        checked = 0
+        while True:
+            for line in self.lines[checked:]:
+                if wanted(line):
+                    return True
+            checked = len(self.lines)
+            left = deadline - time.monotonic()
+            if left <= 0:
+                return False
+            if select.select([self.fd], [], [], min(left, 0.2))[0]:
+                chunk = os.read(self.fd, 65536)
+                if not chunk:
+                    return any(wanted(line) for line in self.lines[checked:])
+                *complete, self._partial = (self._partial + chunk).split(b"\n")
+                self.lines += [line.decode(errors="replace") for line in complete]
+
+    def text(self) -> str:
+        return "\n".join(self.lines + [self._partial.decode(errors="replace")])
