@@ -358,7 +358,9 @@ def register(host) -> None:  # noqa: C901 - a flat list of declarations
             (
                 "type",
                 "s",
-                "what changed: receipt, marker, correction, retraction, reaction...",
+                "what changed: receipt, marker, correction, retraction, reaction, error, "
+                "deleted (the message is gone from the history: a correction that came "
+                "before its original, folded into it; data: merged_into)",
             ),
             ("data", "a{sv}", "the new values (keys merged into the message's extra)"),
         ),

@@ -325,7 +325,8 @@ class Conversation:
         self.events.emit("update", message)
 
     def apply_update(self, uid: str, update_type: str, data: dict) -> Message | None:
-        """Apply a MessageUpdate (receipt, marker, correction, retraction, reactions, error)."""
+        """Apply a MessageUpdate (receipt, marker, correction, retraction, reactions, error,
+        deleted)."""
         message = self.find(uid)
         if message is None:
             return None
@@ -385,6 +386,14 @@ class Conversation:
         elif kind in ("error", "failed"):
             message.delivery = "error"
             message.error = data.get("error") or data.get("text") or data.get("condition") or ""
+        elif kind == "deleted":
+            # gone from the history (e.g. a correction that arrived before its original,
+            # folded into it once the original came: data["merged_into"])
+            self.messages.remove(message)
+            if self.by_uid.get(uid) is message:
+                del self.by_uid[uid]
+            self.events.emit("reset")
+            return message
         else:
             log.debug("unknown message update %r for %s", update_type, uid)
             return None

@@ -173,6 +173,12 @@ def test_conversation_messages_and_updates():
     # a correction sent as a new message replacing an old one
     conv.add(message_record(f"{BOB}/pc", ALICE, "fixed", uid="u3", extra={"replace": "u1"}))
     assert m1.body == "fixed" and "u3" not in conv.by_uid
+    # a message the daemon deleted (an early correction folded into its original)
+    resets = []
+    conv.events.on("reset", lambda: resets.append(True))
+    early = conv.add(message_record(f"{BOB}/pc", ALICE, "early fix", uid="u4"))
+    assert conv.apply_update("u4", "deleted", {"deleted": True, "merged_into": "u1"}) is early
+    assert early not in conv.messages and conv.find("u4") is None and resets == [True]
 
 
 def test_conversation_styling_from_the_daemon_wins():
