@@ -177,7 +177,7 @@ def _default_host_factory(config):
 
 
 #: seconds a thread waiting for the GIL lets the running one go on (CPython's default: 0.005)
-GIL_SWITCH_INTERVAL = 0.0002
+GIL_SWITCH_INTERVAL = 0.001
 
 
 class SatService(service.Service):
@@ -220,7 +220,8 @@ class SatService(service.Service):
         # while it works: with CPython's default 5 ms switch interval, a woken database
         # thread waited for the reactor to go idle before it could even start its INSERT
         # (measured: most of the 2.5 ms MessageSend -> MessageNew time). A shorter interval
-        # lets it in sooner; it only costs switches when both threads want to run.
+        # lets it in sooner; it costs switches when both threads want to run: 0.2 ms took
+        # 15 % more CPU in a MAM catch-up, 1 ms kept the latency gain at no measurable cost.
         sys.setswitchinterval(GIL_SWITCH_INTERVAL)
         self._starting = defer.ensureDeferred(self._start())
 
