@@ -67,11 +67,24 @@ def parse_jid(text: str) -> jabber_jid.JID:
     return jabber_jid.JID(text)
 
 
-def _text_of(elt: domish.Element, name: str) -> str | None:
-    for child in elt.elements():
-        if child.name == name and child.uri in (elt.uri, None, "jabber:client"):
-            return str(child)
-    return None
+_TEXT_CHILDREN = frozenset({"body", "subject", "thread"})
+
+
+def _texts_of(elt: domish.Element) -> dict[str, str]:
+    """The first ``<body/>``, ``<subject/>`` and ``<thread/>`` of a message, in one pass."""
+    found: dict[str, str] = {}
+    own_uri = elt.uri
+    for child in elt.children:
+        if isinstance(child, str):
+            continue
+        name = child.name
+        if (
+            name in _TEXT_CHILDREN
+            and name not in found
+            and child.uri in (own_uri, None, "jabber:client")
+        ):
+            found[name] = str(child)
+    return found
 
 
 def parse_message(elt: domish.Element, own: jabber_jid.JID) -> dict:
@@ -81,7 +94,8 @@ def parse_message(elt: domish.Element, own: jabber_jid.JID) -> dict:
     msg_type = elt.getAttribute("type", "normal")
     if msg_type not in MESSAGE_TYPES:
         msg_type = "normal"
-    body = _text_of(elt, "body")
+    texts = _texts_of(elt)
+    body = texts.get("body")
     if body is not None and len(body) > MAX_BODY_LENGTH:
         log.warning("truncating a %d characters body from %s", len(body), sender.full())
         body = body[:MAX_BODY_LENGTH]
@@ -96,8 +110,8 @@ def parse_message(elt: domish.Element, own: jabber_jid.JID) -> dict:
         "dest_resource": recipient.resource or "",
         "type": msg_type,
         "body": body,
-        "subject": _text_of(elt, "subject"),
-        "thread": _text_of(elt, "thread"),
+        "subject": texts.get("subject"),
+        "thread": texts.get("thread"),
         "stanza_id": None,
         "stanza_id_by": None,
         "origin_id": None,
