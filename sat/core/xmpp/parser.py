@@ -9,8 +9,15 @@ the receive loop (``bench/pipeline_probe.py``):
   lookup) inside a generator: ~135 such checks per received message, 8 % of the daemon's
   time under a flood;
 * the expat callbacks do general work per element (splitting every attribute name,
-  building the element through ``__init__`` and its namespace search), and character data
-  arrives in pieces because expat's ``buffer_text`` is off.
+  building the element through ``__init__`` and its namespace search), two more callbacks
+  run for every namespace declaration (nearly every XMPP element declares one), and
+  character data arrives in pieces because expat's ``buffer_text`` is off.
+
+Here expat reports names with their prefix (``namespace_prefixes``): an unprefixed element's
+default namespace is its own, a prefixed one inherits its parent's; so after the stream
+header, whose declarations are read as Twisted does, no namespace callback is needed. The
+one difference: a prefix is recorded (``localPrefixes``) on the element using it rather
+than on the one declaring it, which serialises to equivalent XML.
 
 :class:`ElementStream` is a drop-in for ``domish.elementStream()`` (same events, same
 size and element-count limits, same ``ParserError``) that builds :class:`StanzaElement`
@@ -71,6 +78,8 @@ class ElementStream:
         parser = self.parser = pyexpat.ParserCreate("UTF-8", " ")
         # character data in one piece per text node instead of one call per line/buffer
         parser.buffer_text = True
+        # "uri local prefix" for prefixed names: tells where the default namespace applies
+        parser.namespace_prefixes = True
         parser.StartElementHandler = self._on_start
         parser.EndElementHandler = self._on_end
         parser.CharacterDataHandler = self._on_text
@@ -98,38 +107,66 @@ class ElementStream:
             raise domish.ParserError("Maximum stanza size exceeded")
 
     def _on_start(self, name: str, attrs: dict) -> None:
-        uri, sep, local = name.rpartition(" ")
-        if not sep:
-            uri = ""
-        if attrs and " " in "\0".join(attrs):
-            # namespaced attributes ("uri local" from expat) become (uri, local) keys
-            for key in [k for k in attrs if " " in k]:
-                attrs[tuple(key.rsplit(" ", 1))] = attrs.pop(key)
         e = _new_element(StanzaElement)
-        e.uri = uri
-        e.name = local
-        e.defaultUri = self.default_ns[-1]
-        e.attributes = attrs
-        prefixes = self.prefixes
-        if prefixes is None:
-            e.localPrefixes = {}
-        else:
-            e.localPrefixes = prefixes
-            self.prefixes = None
         e.children = []
-        if self.document_started:
-            self.element_count += 1
-            if self.element_count > self.maxElementCount:
-                raise domish.ParserError("Maximum element count exceeded")
-            parent = self.current
-            e.parent = parent
-            if parent is not None:
-                parent.children.append(e)
-            self.current = e
+        if not self.document_started:
+            self._on_root(e, name.split(" "), attrs)
+            return
+        parent = self.current
+        uri, spaced, local = name.partition(" ")
+        if not spaced:  # no namespace at all
+            e.uri = e.defaultUri = ""
+            e.name = name
+            prefixes = {}
+        elif " " in local:  # prefix:name, in the default namespace of its parent
+            local, prefix = local.split(" ")
+            e.uri = uri
+            e.name = local
+            e.defaultUri = parent.defaultUri if parent is not None else self.default_ns[-1]
+            prefixes = {prefix: uri}
+        else:  # the usual case: an unprefixed element, in its own default namespace
+            e.uri = e.defaultUri = uri
+            e.name = local
+            prefixes = {}
+        if attrs and " " in "\0".join(attrs):
+            self._namespaced_attributes(attrs, prefixes)
+        e.attributes = attrs
+        e.localPrefixes = prefixes
+        self.element_count += 1
+        if self.element_count > self.maxElementCount:
+            raise domish.ParserError("Maximum element count exceeded")
+        e.parent = parent
+        if parent is not None:
+            parent.children.append(e)
+        self.current = e
+
+    def _on_root(self, e: StanzaElement, parts: list, attrs: dict) -> None:
+        """The stream header: its declarations (read by the namespace callbacks) as Twisted
+        records them; the callbacks are not needed after it."""
+        if len(parts) == 1:
+            e.uri, e.name = "", parts[0]
         else:
-            e.parent = None
-            self.document_started = True
-            self.DocumentStartEvent(e)
+            e.uri, e.name = parts[0], parts[1]
+        e.defaultUri = self.default_ns[-1]
+        e.localPrefixes = self.prefixes or {}
+        self.prefixes = None
+        if attrs and " " in "\0".join(attrs):
+            self._namespaced_attributes(attrs, {})
+        e.attributes = attrs
+        e.parent = None
+        self.document_started = True
+        self.parser.StartNamespaceDeclHandler = None
+        self.parser.EndNamespaceDeclHandler = None
+        self.DocumentStartEvent(e)
+
+    @staticmethod
+    def _namespaced_attributes(attrs: dict, prefixes: dict) -> None:
+        """"uri local [prefix]" keys from expat become (uri, local), as Twisted's."""
+        for key in [k for k in attrs if " " in k]:
+            uri, local, *prefix = key.split(" ")
+            attrs[(uri, local)] = attrs.pop(key)
+            if prefix and prefix[0] != "xml":
+                prefixes[prefix[0]] = uri
 
     def _on_end(self, _name: str) -> None:
         current = self.current
