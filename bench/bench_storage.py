@@ -197,7 +197,7 @@ def pct(values: list[float], q: float) -> float:
 
 
 async def bench_inserts(tmp: Path, corpus: Corpus, runs: int, single: int, batches: int):
-    from sat.memory.storage import Storage
+    from sat.memory.storage import _FTS_INDEX_AFTER, _FTS_INDEX_ONE, _LAST_HISTORY_ID, Storage
 
     results = {"single": ([], []), "batch": ([], [])}
     for run in range(runs):
@@ -212,11 +212,15 @@ async def bench_inserts(tmp: Path, corpus: Corpus, runs: int, single: int, batch
         for m in msgs:
             await st.history_add("bench", m)
         results["single"][0].append(single / (time.perf_counter() - t0))
+        # the raw baseline does the same SQL work: the row, then its full-text entry (the
+        # schema has no insert trigger since v2: the storage indexes what it inserts)
         msgs = corpus.messages(single)
         t0 = time.perf_counter()
         for m in msgs:
             raw.execute("BEGIN IMMEDIATE")
-            raw.execute(RAW_INSERT, as_row(m))
+            cur = raw.execute(RAW_INSERT, as_row(m))
+            if m["body"] is not None:
+                raw.execute(_FTS_INDEX_ONE, (cur.lastrowid, m["body"]))
             raw.execute("COMMIT")
         results["single"][1].append(single / (time.perf_counter() - t0))
 
@@ -229,7 +233,9 @@ async def bench_inserts(tmp: Path, corpus: Corpus, runs: int, single: int, batch
         t0 = time.perf_counter()
         for chunk in chunks:
             raw.execute("BEGIN IMMEDIATE")
+            last = raw.execute(_LAST_HISTORY_ID).fetchone()[0]
             raw.executemany(RAW_INSERT, chunk)
+            raw.execute(_FTS_INDEX_AFTER, (last,))
             raw.execute("COMMIT")
         results["batch"][1].append(500 * batches / (time.perf_counter() - t0))
 
