@@ -416,41 +416,34 @@ def mam_stream(count: int) -> list[bytes]:
     return [data[i : i + CHUNK] for i in range(0, len(data), CHUNK)]
 
 
-def parse_domish(chunks: list[bytes]) -> int:
-    from twisted.words.xish import domish
-
+def _count_stanzas(stream, chunks: list[bytes]) -> int:
+    """Feed ``chunks`` to a domish-style element stream; how many stanzas it built."""
     count = 0
 
     def on_element(_element):
         nonlocal count
         count += 1
 
-    stream = domish.elementStream()
     stream.DocumentStartEvent = lambda root: None
     stream.ElementEvent = on_element
     stream.DocumentEndEvent = lambda: None
     for chunk in chunks:
         stream.parse(chunk)
     return count
+
+
+def parse_domish(chunks: list[bytes]) -> int:
+    """Twisted's domish stream parser."""
+    from twisted.words.xish import domish
+
+    return _count_stanzas(domish.elementStream(), chunks)
 
 
 def parse_ours(chunks: list[bytes]) -> int:
     """Our stream parser (``sat.core.xmpp.parser.ElementStream``), trees only."""
     from sat.core.xmpp.parser import ElementStream
 
-    count = 0
-
-    def on_element(_element):
-        nonlocal count
-        count += 1
-
-    stream = ElementStream()
-    stream.DocumentStartEvent = lambda root: None
-    stream.ElementEvent = on_element
-    stream.DocumentEndEvent = lambda: None
-    for chunk in chunks:
-        stream.parse(chunk)
-    return count
+    return _count_stanzas(ElementStream(), chunks)
 
 
 def parse_sat_stream(chunks: list[bytes]) -> int:

@@ -70,14 +70,7 @@ class Probe:
         await await_twisted(host.start())
         await await_twisted(host.profiles.create("probe"))
         client = SatXMPPClient("probe", f"{ME}/probe", "x", ConnectionSettings())
-        client.host = host
-        for plugin in host.plugins.values():
-            handler = plugin.get_handler(client)
-            if handler is not None:
-                handler.setHandlerParent(client)
-        host.messages.attach(client)
-        host.presence.attach(client)
-        host.clients["probe"] = client
+        host.attach_client(client)
         self._seed_disco(client)
         original = host.bridge.emit
 

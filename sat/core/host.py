@@ -157,16 +157,9 @@ class SAT:
         resource = await self.params.get("connection", "resource", profile)
         user_jid = account if "/" in account else f"{account}/{resource or self._resource()}"
         client = SatXMPPClient(profile, user_jid, password, settings)
-        client.host = self
         client.on_ready.append(self._on_client_ready)
         client.on_lost.append(self._on_client_lost)
-        for plugin in self.plugins.values():
-            handler = plugin.get_handler(client)
-            if handler is not None:
-                handler.setHandlerParent(client)
-        self.messages.attach(client)
-        self.presence.attach(client)
-        self.clients[profile] = client
+        self.attach_client(client)
         for plugin in self.plugins.values():
             try:
                 await plugin.profile_connecting(client)
@@ -178,6 +171,18 @@ class SAT:
             self.clients.pop(profile, None)
             raise
         return True
+
+    def attach_client(self, client: SatXMPPClient) -> None:
+        """Make ``client`` this host's session of its profile: every plugin's protocol
+        handler and the core's message and presence handling on its streams."""
+        client.host = self
+        for plugin in self.plugins.values():
+            handler = plugin.get_handler(client)
+            if handler is not None:
+                handler.setHandlerParent(client)
+        self.messages.attach(client)
+        self.presence.attach(client)
+        self.clients[client.profile] = client
 
     def _resource(self) -> str:
         return self.config.get("xmpp", "resource")
