@@ -161,7 +161,7 @@ class ElementStream:
 
     @staticmethod
     def _namespaced_attributes(attrs: dict, prefixes: dict) -> None:
-        """"uri local [prefix]" keys from expat become (uri, local), as Twisted's."""
+        """Keys ``"uri local [prefix]"`` from expat become ``(uri, local)``, as Twisted's."""
         for key in [k for k in attrs if " " in k]:
             uri, local, *prefix = key.split(" ")
             attrs[(uri, local)] = attrs.pop(key)
