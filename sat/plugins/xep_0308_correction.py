@@ -811,6 +811,13 @@ class EditingPlugin(Plugin):
         host.hooks.add("presence_received", _note_presence, 0)
         #: references to messages not received yet (shared by the editing plugins)
         self.pending = pending_references(host)
+        if self.pending_kinds and type(self).pending_apply is EditingPlugin.pending_apply:
+            # a plugin keeping references must say how to apply them: refuse it at load
+            # (reported by the plugin loader) rather than fail when a target arrives
+            raise TypeError(
+                f"{type(self).__name__} keeps {self.pending_kinds} references "
+                "but does not define pending_apply"
+            )
         for kind in self.pending_kinds:
             self.pending.register(kind, self)
 
@@ -867,8 +874,8 @@ class EditingPlugin(Plugin):
         return True
 
     async def pending_apply(self, client, row: dict, entry: dict) -> None:
-        """Apply the accepted pending ``entry`` to the stored ``row``."""
-        raise NotImplementedError
+        """Apply the accepted pending ``entry`` to the stored ``row``. Plugins with
+        ``pending_kinds`` define it (checked when they load); the others are never asked."""
 
     @staticmethod
     def pending_author(entry: dict) -> Author:

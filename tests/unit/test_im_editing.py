@@ -1667,3 +1667,20 @@ async def test_tombstones_outside_an_archive_or_from_another_archive_are_ignored
     assert (await env.get(msg["uid"]))["body"] == "still here"
     assert len(await env.history(BOB)) == 1
     assert env.signals.updates() == []
+
+
+def test_a_plugin_keeping_references_must_apply_them():
+    host = FakeHost(None)
+
+    class Incomplete(xep_0308_correction.EditingPlugin):
+        name = "XEP-test"
+        pending_kinds = ("test",)
+
+    with pytest.raises(TypeError, match="pending_apply"):
+        Incomplete(host)
+
+    class Complete(Incomplete):
+        async def pending_apply(self, client, row, entry):
+            pass
+
+    assert Complete(host).pending_kinds == ("test",)
