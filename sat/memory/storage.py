@@ -1100,19 +1100,12 @@ class Storage:
 
         def run():
             pid = self._profile_id(profile)
-            execute = self._conn.execute
-            result: list[tuple[str | None, bool]] = []
-            batch_uids: set = set()
-            last = execute(_LAST_HISTORY_ID).fetchone()[0]
-            for row in rows:
-                if execute(_HISTORY_INSERT, (pid, *row)).rowcount > 0:
-                    batch_uids.add(row[uid_at])
-                    result.append((row[uid_at], True))
-                else:
-                    result.append((existing(pid, row, batch_uids), False))
-            if batch_uids:
-                execute(_FTS_INDEX_AFTER, (last,))
-            return result
+            added = self._insert_rows([(pid, *row) for row in rows])
+            batch_uids = {row[uid_at] for row, new in zip(rows, added, strict=True) if new}
+            return [
+                (row[uid_at], True) if new else (existing(pid, row, batch_uids), False)
+                for row, new in zip(rows, added, strict=True)
+            ]
 
         outcome = await self._call_write(run)
         if self._stored_listeners:
