@@ -50,6 +50,18 @@ class Plugin:
     def __init__(self, host):
         self.host = host
 
+    def config(self, section: str, name: str, default):
+        """The option ``[section] name`` (typed and checked by the configuration registry),
+        or ``default`` when the host has no configuration (tests) or leaves it unset."""
+        config = getattr(self.host, "config", None)
+        if config is None:
+            return default
+        try:
+            value = config.get(section, name)
+        except Exception:
+            return default
+        return default if value is None else value
+
     # --- per-profile hooks -------------------------------------------------
 
     def get_handler(self, client) -> Any | None:

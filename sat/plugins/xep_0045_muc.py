@@ -584,8 +584,8 @@ class MucPlugin(Plugin):
         from twisted.internet import reactor
 
         self.clock = reactor
-        self.join_timeout = float(_config(host, "xep_0045", "join_timeout", DEFAULT_JOIN_TIMEOUT))
-        self.history_size = int(_config(host, "xep_0045", "history_size", DEFAULT_HISTORY_SIZE))
+        self.join_timeout = float(self.config("xep_0045", "join_timeout", DEFAULT_JOIN_TIMEOUT))
+        self.history_size = int(self.config("xep_0045", "history_size", DEFAULT_HISTORY_SIZE))
         #: profile -> {room bare JID: Room}
         self._rooms: dict[str, dict[str, Room]] = {}
         self._join_callbacks: list[Callable] = []
@@ -1890,17 +1890,6 @@ def _new_id() -> str:
     import uuid
 
     return uuid.uuid4().hex
-
-
-def _config(host, section: str, name: str, default):
-    config = getattr(host, "config", None)
-    if config is None:
-        return default
-    try:
-        value = config.get(section, name)
-    except Exception:
-        return default
-    return default if value is None else value
 
 
 PLUGIN = MucPlugin

@@ -46,21 +46,6 @@ register_option(
 )
 
 
-def _config_float(host, section: str, name: str, default: float) -> float:
-    config = getattr(host, "config", None)
-    if config is None:
-        return default
-    try:
-        value = config.get(section, name)
-    except Exception:
-        return default
-    try:
-        return default if value is None else float(value)
-    except (TypeError, ValueError):
-        log.warning("[%s] %s: %r is not a number, using %s", section, name, value, default)
-        return default
-
-
 class _PingRequest(generic.Request):
     def __init__(self, recipient):
         super().__init__(recipient=recipient, stanzaType="get")
@@ -196,10 +181,10 @@ class PingPlugin(Plugin):
 
     def __init__(self, host):
         super().__init__(host)
-        self.keepalive_interval = _config_float(
-            host, "xmpp", "keepalive_interval", DEFAULT_KEEPALIVE_INTERVAL
+        self.keepalive_interval = float(
+            self.config("xmpp", "keepalive_interval", DEFAULT_KEEPALIVE_INTERVAL)
         )
-        self.timeout = _config_float(host, "xep_0199", "timeout", DEFAULT_TIMEOUT)
+        self.timeout = float(self.config("xep_0199", "timeout", DEFAULT_TIMEOUT))
         #: IReactorTime used for the keepalive and round-trip measures (tests set a Clock)
         from twisted.internet import reactor
 

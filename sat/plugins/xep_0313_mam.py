@@ -407,11 +407,11 @@ class MAMPlugin(Plugin):
 
     def __init__(self, host):
         super().__init__(host)
-        self.auto_catch_up = bool(self._config("auto_catch_up", True))
-        self.page_size = int(self._config("page_size", DEFAULT_PAGE_SIZE))
-        self.retries = int(self._config("retries", DEFAULT_RETRIES))
-        self.timeout = float(self._config("timeout", DEFAULT_TIMEOUT))
-        self.signal_limit = int(self._config("signal_limit", DEFAULT_SIGNAL_LIMIT))
+        self.auto_catch_up = bool(self.config("xep_0313", "auto_catch_up", True))
+        self.page_size = int(self.config("xep_0313", "page_size", DEFAULT_PAGE_SIZE))
+        self.retries = int(self.config("xep_0313", "retries", DEFAULT_RETRIES))
+        self.timeout = float(self.config("xep_0313", "timeout", DEFAULT_TIMEOUT))
+        self.signal_limit = int(self.config("xep_0313", "signal_limit", DEFAULT_SIGNAL_LIMIT))
         #: (profile, queryid) -> running query
         self._queries: dict[tuple[str, str], _Query] = {}
         #: (profile, archive) -> Deferred fired when the running catch-up ends
@@ -432,16 +432,6 @@ class MAMPlugin(Plugin):
         self._register_bridge()
 
     # --- configuration ----------------------------------------------------------
-
-    def _config(self, name: str, default):
-        config = getattr(self.host, "config", None)
-        if config is None:
-            return default
-        try:
-            value = config.get("xep_0313", name)
-        except Exception:
-            return default
-        return default if value is None else value
 
     def _declare_param(self) -> None:
         params = getattr(self.host, "params", None)

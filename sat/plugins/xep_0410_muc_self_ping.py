@@ -76,20 +76,6 @@ register_option(
 )
 
 
-def _config_float(host, section: str, name: str, default: float) -> float:
-    config = getattr(host, "config", None)
-    if config is None:
-        return default
-    try:
-        value = config.get(section, name)
-    except Exception:
-        return default
-    try:
-        return default if value is None else float(value)
-    except (TypeError, ValueError):
-        return default
-
-
 class SelfPingPlugin(Plugin):
     name = "XEP-0410"
     label = "MUC Self-Ping"
@@ -103,9 +89,9 @@ class SelfPingPlugin(Plugin):
         from twisted.internet import reactor
 
         self.clock = reactor
-        self.interval = _config_float(host, "xep_0410", "interval", DEFAULT_INTERVAL)
-        self.timeout = _config_float(host, "xep_0410", "timeout", DEFAULT_TIMEOUT)
-        self.retry = _config_float(host, "xep_0410", "retry", DEFAULT_RETRY)
+        self.interval = float(self.config("xep_0410", "interval", DEFAULT_INTERVAL))
+        self.timeout = float(self.config("xep_0410", "timeout", DEFAULT_TIMEOUT))
+        self.retry = float(self.config("xep_0410", "retry", DEFAULT_RETRY))
         #: profile -> LoopingCall checking the rooms
         self._loops: dict[str, task.LoopingCall] = {}
         #: (profile, room) -> callers waiting for the running check
