@@ -62,6 +62,12 @@ class Plugin:
             return default
         return default if value is None else value
 
+    async def resolve_profile(self, profile: str) -> str:
+        """The profile a bridge call means (empty: the default one); ``profile`` as given
+        when the host has no profile manager (tests)."""
+        profiles = getattr(self.host, "profiles", None)
+        return await profiles.resolve(profile) if profiles is not None else profile
+
     # --- per-profile hooks -------------------------------------------------
 
     def get_handler(self, client) -> Any | None:

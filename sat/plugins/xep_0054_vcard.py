@@ -366,9 +366,7 @@ class VCardPlugin(Plugin):
             return
         P = ("profile", "s", "profile name (empty: the default profile)")
 
-        async def resolve(profile):
-            profiles = getattr(self.host, "profiles", None)
-            return await profiles.resolve(profile) if profiles is not None else profile
+        resolve = self.resolve_profile
 
         async def vcard_get(profile, jid):
             profile = await resolve(profile)

@@ -918,10 +918,7 @@ class EditingPlugin(Plugin):
             bridge.add_method(name, handler, args=args, out=out, doc=doc, interface="plugin")
 
     async def _client(self, profile: str):
-        profiles = getattr(self.host, "profiles", None)
-        if profiles is not None:
-            profile = await profiles.resolve(profile)
-        return self.host.get_client(profile)
+        return self.host.get_client(await self.resolve_profile(profile))
 
     def emit_update(self, profile: str, uid: str, kind: str, data: dict) -> None:
         bridge = getattr(self.host, "bridge", None)

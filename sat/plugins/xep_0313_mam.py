@@ -1385,18 +1385,12 @@ class MAMPlugin(Plugin):
 
     # --- bridge -----------------------------------------------------------------------
 
-    async def _resolve(self, profile: str) -> str:
-        profiles = getattr(self.host, "profiles", None)
-        if profiles is not None:
-            return await profiles.resolve(profile)
-        return profile
-
     async def _bridge_catch_up(self, profile: str) -> dict:
-        client = self.host.get_client(await self._resolve(profile))
+        client = self.host.get_client(await self.resolve_profile(profile))
         return await self.catch_up(client, None)
 
     async def _bridge_query(self, profile: str, with_jid: str, filters: dict, limit: int):
-        client = self.host.get_client(await self._resolve(profile))
+        client = self.host.get_client(await self.resolve_profile(profile))
         filters = dict(filters or {})
         allowed = {"archive", "before_uid", "before_id", "after_id", "start", "end"}
         unknown = set(filters) - allowed
