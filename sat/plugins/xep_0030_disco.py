@@ -252,18 +252,6 @@ def info_from_items(items: Iterable[Any], node: str = "") -> disco.DiscoInfo:
     return info
 
 
-def config_get(host, section: str, name: str, default: Any) -> Any:
-    """Read an option from ``host.config``; ``default`` when absent or unreadable."""
-    config = getattr(host, "config", None)
-    if config is None:
-        return default
-    try:
-        value = config.get(section, name)
-    except Exception:
-        return default
-    return default if value is None else value
-
-
 class SharedCall:
     """One running operation (a Deferred) several callers may wait for.
 
@@ -403,7 +391,7 @@ class DiscoPlugin(Plugin):
     def __init__(self, host):
         super().__init__(host)
         try:
-            self.timeout = float(config_get(host, "xep_0030", "timeout", DEFAULT_TIMEOUT))
+            self.timeout = float(self.config("xep_0030", "timeout", DEFAULT_TIMEOUT))
         except (TypeError, ValueError):
             self.timeout = DEFAULT_TIMEOUT
         self._handlers: dict[str, SatDiscoHandler] = {}

@@ -35,7 +35,6 @@ from sat.core import (
 )
 from sat.core.plugin import Plugin
 from sat.memory.config import register_option, register_section
-from sat.plugins.xep_0030_disco import config_get
 
 log = logging.getLogger(__name__)
 
@@ -241,7 +240,7 @@ class VCardPlugin(Plugin):
     def __init__(self, host):
         super().__init__(host)
         try:
-            self.cache_ttl = float(config_get(host, "xep_0054", "cache_ttl", DEFAULT_TTL))
+            self.cache_ttl = float(self.config("xep_0054", "cache_ttl", DEFAULT_TTL))
         except (TypeError, ValueError):
             self.cache_ttl = DEFAULT_TTL
         self._register_bridge()

@@ -55,7 +55,7 @@ from sat.core import (
 )
 from sat.core.plugin import Plugin
 from sat.memory.config import register_option, register_section
-from sat.plugins.xep_0030_disco import SharedCall, config_get
+from sat.plugins.xep_0030_disco import SharedCall
 from sat.plugins.xep_0054_vcard import NS_VCARD, photo_of
 
 log = logging.getLogger(__name__)
@@ -250,10 +250,10 @@ class AvatarPlugin(Plugin):
     def __init__(self, host):
         super().__init__(host)
         try:
-            max_size = int(config_get(host, "xep_0084", "max_size", DEFAULT_MAX_SIZE))
+            max_size = int(self.config("xep_0084", "max_size", DEFAULT_MAX_SIZE))
         except (TypeError, ValueError):
             max_size = DEFAULT_MAX_SIZE
-        data_dir = config_get(host, "core", "data_dir", None)
+        data_dir = self.config("core", "data_dir", None)
         if data_dir is None:
             data_dir = Path(tempfile.gettempdir()) / "sat"
         self.cache = AvatarCache(Path(data_dir).absolute() / "avatars", max_size)
