@@ -99,8 +99,13 @@ class Hooks:
         once the first callback's awaitable is done. ``namespaces``: those of the stanza's
         direct children, to skip the callbacks registered for other namespaces.
         """
-        entries = self._hooks[point]
-        for index, entry in enumerate(entries):
+        return self._run_from(point, self._hooks[point], 0, args, namespaces)
+
+    def _run_from(self, point: str, entries: tuple, first: int, args: tuple, namespaces):
+        """The chain from ``entries[first]`` on: synchronous until a callback returns an
+        awaitable, then the rest follows it (:meth:`_finish`)."""
+        for index in range(first, len(entries)):
+            entry = entries[index]
             wanted = entry.namespaces
             if wanted is not None and namespaces is not None and wanted.isdisjoint(namespaces):
                 continue
@@ -118,7 +123,7 @@ class Hooks:
         return True
 
     async def _finish(self, point, entries, index, pending, args, namespaces) -> bool:
-        """The rest of a chain, from the callback at ``index`` that returned ``pending``."""
+        """Wait for the callback at ``index``, then run the rest of the chain."""
         try:
             result = await pending
         except Exception:
@@ -126,18 +131,7 @@ class Hooks:
             result = None
         if result is STOP:
             return False
-        for entry in entries[index + 1 :]:
-            wanted = entry.namespaces
-            if wanted is not None and namespaces is not None and wanted.isdisjoint(namespaces):
-                continue
-            try:
-                result = entry.callback(*args)
-                if result is None:
-                    continue
-                if isinstance(result, defer.Deferred) or hasattr(result, "__await__"):
-                    result = await result
-                if result is STOP:
-                    return False
-            except Exception:
-                log.exception("hook %s callback %r failed", point, entry.callback)
-        return True
+        rest = self._run_from(point, entries, index + 1, args, namespaces)
+        if rest is True or rest is False:
+            return rest
+        return await rest
