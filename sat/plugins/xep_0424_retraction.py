@@ -20,7 +20,7 @@ Receiving
     line: the history is unchanged and the fallback body is never stored.
 
     A retraction of a message we do not have yet is kept (see
-    :class:`sat.plugins.xep_0308_correction.PendingReferences`: bounded, saved across
+    :class:`sat.plugins._pending_references.PendingReferences`: bounded, saved across
     restarts) and applied when that message is stored, after the same author check (a
     retraction by someone else than the author is refused then); corrections of that
     message stored on their own meanwhile are retracted at once (they carry its text).
@@ -59,8 +59,7 @@ import logging
 from twisted.words.xish import domish
 
 from sat.core import errors, hooks
-from sat.plugins.xep_0203_delay import parse_datetime
-from sat.plugins.xep_0308_correction import (
+from sat.plugins._editing import (
     BODY_REVEALING_KEYS,
     EARLY_PRIORITY,
     NS_FALLBACK,
@@ -73,6 +72,7 @@ from sat.plugins.xep_0308_correction import (
     same_author,
     valid_id,
 )
+from sat.plugins.xep_0203_delay import parse_datetime
 
 log = logging.getLogger(__name__)
 

@@ -19,7 +19,7 @@ Receiving
     sent by an occupant (a non-moderator trying to retract someone else's message)
     or by a contact is ignored with a log line: the history is unchanged. A notice from
     the room naming a stanza-id we do not have yet is kept (see
-    :class:`sat.plugins.xep_0308_correction.PendingReferences`) and applied when the
+    :class:`sat.plugins._pending_references.PendingReferences`) and applied when the
     room's message with that stanza-id is stored.
 
     The message becomes a tombstone as for XEP-0424, with ``extra["retracted"] =
@@ -35,7 +35,7 @@ from twisted.words.protocols.jabber import jid as jabber_jid
 from twisted.words.xish import domish
 
 from sat.core import errors, hooks
-from sat.plugins.xep_0308_correction import (
+from sat.plugins._editing import (
     EARLY_PRIORITY,
     Author,
     EditingPlugin,

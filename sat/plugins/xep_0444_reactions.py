@@ -25,7 +25,7 @@ Receiving
     :data:`MAX_REACTIONS` kept; an update older than the one we have from that
     sender (a delayed message) is ignored; reactions to retracted messages are ignored.
     Reactions to a message we do not have yet are kept (see
-    :class:`sat.plugins.xep_0308_correction.PendingReferences`: bounded, saved across
+    :class:`sat.plugins._pending_references.PendingReferences`: bounded, saved across
     restarts) and applied, with the usual ``MessageUpdate``, when it is stored.
 """
 
@@ -40,7 +40,7 @@ from twisted.internet import defer
 from twisted.words.xish import domish
 
 from sat.core import errors, hooks
-from sat.plugins.xep_0308_correction import (
+from sat.plugins._editing import (
     EARLY_PRIORITY,
     NS_HINTS,
     Author,

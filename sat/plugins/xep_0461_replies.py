@@ -19,6 +19,21 @@ Receiving
     ``extra["reply_to"]`` is its uid and the fallback quote is removed from the body
     (frontends show the referenced message instead); otherwise the body is kept as
     received, quote included. Malformed references are ignored (the message stays).
+
+Replies received before their message
+    A reply may arrive before the message it answers (archive catch-up, carbons, room
+    history). It is stored as received (quote included) and kept waiting (see
+    :class:`sat.plugins._pending_references.PendingReferences`: at most 500 references
+    per profile and 100 per sender, 24 hours, saved across restarts). When a message of
+    the same conversation carrying the referenced id is stored, the reply gets
+    ``extra["reply_to"]`` (its uid), then ``MessageUpdate(profile, reply uid, "reply",
+    {"reply_to": uid})``. Which id counts follows XEP-0461 "Using the correct ID": in a
+    room only the stanza-id the room gave the message (the ``id`` attribute and the
+    origin-id are chosen by occupants, so anyone could send a message carrying the id a
+    waiting reply names); in a 1:1 conversation its ``id`` attribute (or the origin-id
+    earlier versions of the XEP used). The body keeps the quote then: it was stored with
+    it, and what other plugins derived from the body (styling spans, /me) was computed on
+    it.
 """
 
 from __future__ import annotations
@@ -28,7 +43,7 @@ import logging
 from twisted.words.protocols.jabber import jid as jabber_jid
 from twisted.words.xish import domish
 
-from sat.plugins.xep_0308_correction import (
+from sat.plugins._editing import (
     EARLY_PRIORITY,
     NS_FALLBACK,
     Author,
@@ -91,6 +106,8 @@ class RepliesPlugin(EditingPlugin):
     xeps = ("XEP-0461", "XEP-0428")
     description = "Marks messages as replies to earlier ones (with a quote for older clients)."
     features = (NS_REPLY, NS_FALLBACK)
+
+    pending_kinds = ("reply",)
 
     def __init__(self, host):
         super().__init__(host)
@@ -197,6 +214,25 @@ class RepliesPlugin(EditingPlugin):
         peer, groupchat = self.conversation(client, data)
         target = await self.find_referenced(client, ref, peer, groupchat)
         if target is None:
+            reply_id = extra.get("message_id") or elt.getAttribute("id") or ""
+            kept = self.keep_pending(
+                client,
+                "reply",
+                ref,
+                data,
+                author,
+                {"uid": data["uid"], "id": reply_id},
+                # one entry per reply: the same reply seen twice (live, then from the
+                # archive) keeps one
+                discriminator=reply_id or data["uid"],
+            )
+            log.info(
+                "[%s] reply from %s to unknown message %s: %s",
+                profile,
+                elt.getAttribute("from"),
+                ref,
+                "linked if that message arrives" if kept else "kept unlinked",
+            )
             return
         extra["reply_to"] = target["uid"]
         body = data.get("body")
@@ -206,6 +242,46 @@ class RepliesPlugin(EditingPlugin):
                 stripped = strip_ranges(body, ranges)
                 if stripped.strip():
                     data["body"] = stripped
+
+    # --- replies received before their message --------------------------------------------
+
+    def pending_accepts(self, client, message: dict, entry: dict) -> bool:
+        """Whether the stored ``message`` is the one the waiting reply names.
+
+        The store matched one of its ids in the reply's conversation; in a room only the
+        stanza-id the room gave it counts (XEP-0461 "Using the correct ID"): the other ids
+        are chosen by occupants. Anyone may be replied to: no author check."""
+        if entry["groupchat"]:
+            return (
+                message.get("stanza_id") == entry["ref"]
+                and message.get("stanza_id_by") == message["source"]
+            )
+        return True
+
+    async def pending_apply(self, client, row: dict, entry: dict) -> None:
+        """The message ``row`` a stored reply answers arrived: link the reply to it."""
+        info = entry["data"]
+        reply = None
+        if isinstance(info.get("uid"), str) and info["uid"]:
+            reply = await self.host.storage.history_find(client.profile, uid=info["uid"])
+        if reply is None and valid_id(info.get("id")):
+            # stored under another uid (a copy of it was stored first): by its id
+            peer, groupchat = self.conversation(client, row)
+            reply = await self.find_referenced(
+                client, info["id"], peer, groupchat, self.pending_author(entry)
+            )
+        extra = (reply or {}).get("extra") or {}
+        if reply is None or extra.get("reply_to_id") != entry["ref"]:
+            log.debug(
+                "[%s] reply to %s received before it is gone: nothing to link",
+                client.profile,
+                row["uid"],
+            )
+            return
+        if extra.get("reply_to") or extra.get("retracted"):
+            return
+        await self.update_row(client, reply, "reply", {"reply_to": row["uid"]})
+        log.debug("[%s] reply %s linked to %s", client.profile, reply["uid"], row["uid"])
 
 
 PLUGIN = RepliesPlugin

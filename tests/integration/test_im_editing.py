@@ -505,3 +505,54 @@ async def test_catch_up_applies_early_references_and_resists_forged_tombstones(
     finally:
         await mallory.close()
         await bridge.close()
+
+
+@asyncio_test(timeout=120)
+async def test_catch_up_links_a_reply_sent_before_its_message(sat_daemon, prosody, make_account):
+    """While we are offline a contact's reply reaches our archive before the message it
+    answers (sent later, with the id the reply names). The catch-up stores the reply as
+    received (the target is not known yet), then links it once the message is stored:
+    ``extra["reply_to"]`` and a ``MessageUpdate`` of type ``reply``."""
+    a, b = make_account("p-alice"), make_account("p-bob")
+    bridge = await open_bridge(sat_daemon)
+    slix = slix_peer(prosody, b, "slix")
+    try:
+        signals = SignalRecorder(bridge, SIGNALS)
+        watcher = ProgressWatcher(bridge, f"mam:alice:{a.jid}")
+        await add_profile(bridge, "alice", a, prosody)
+        await watcher.wait()
+        await slix.connect(timeout=10)
+        await bridge.profile_disconnect("alice")
+
+        quote = "> Cake on Friday?\n"
+        b_full = f"{b.jid}/slix"
+        for xml in (
+            f"<message to='{a.jid}' type='chat' id='early-reply'><body>{quote}Count me in"
+            f"</body><reply xmlns='{NS_REPLY}' to='{b_full}' id='later-q'/>"
+            f"<fallback xmlns='urn:xmpp:fallback:0' for='{NS_REPLY}'>"
+            f"<body start='0' end='{len(quote)}'/></fallback></message>",
+            f"<message to='{a.jid}' type='chat' id='later-q'><body>Cake on Friday?</body>"
+            "</message>",
+        ):
+            await slix.send_raw(xml)
+        await asyncio.sleep(0.5)  # archived by the server
+
+        watcher.reset()
+        signals.clear()
+        assert await bridge.profile_connect("alice", "")
+        done = await watcher.wait()
+        assert done["stored"] >= 2, done
+        reply = await signals.new("alice", lambda m: (m.get("body") or "").endswith("Count me in"))
+        question = await signals.new("alice", lambda m: m.get("body") == "Cake on Friday?")
+        assert reply["extra"].get("archived") and question["extra"].get("archived")
+        assert reply["extra"]["reply_to_id"] == "later-q"
+        _p, _u, _t, data = await signals.update("alice", reply["uid"], "reply")
+        assert data == {"reply_to": question["uid"]}
+        rows = {m["uid"]: m for m in await history(bridge, "alice", b.jid)}
+        assert rows[reply["uid"]]["extra"]["reply_to"] == question["uid"]
+        assert rows[reply["uid"]]["body"] == quote + "Count me in"  # stored as received
+        assert "reply_to" not in rows[question["uid"]]["extra"]
+        assert await bridge.is_ready()
+    finally:
+        await slix.close()
+        await bridge.close()

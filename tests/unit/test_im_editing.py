@@ -32,6 +32,8 @@ from sat.core.hooks import Hooks
 from sat.core.messages import MessageHandling
 from sat.memory.storage import Storage
 from sat.plugins import (
+    _editing,
+    _pending_references,
     xep_0203_delay,
     xep_0245_me,
     xep_0308_correction,
@@ -42,8 +44,9 @@ from sat.plugins import (
     xep_0444_reactions,
     xep_0461_replies,
 )
+from sat.plugins._editing import Author, same_author
 from sat.plugins.xep_0045_muc import Occupant, Room
-from sat.plugins.xep_0308_correction import NS_LMC, Author, same_author
+from sat.plugins.xep_0308_correction import NS_LMC
 from sat.plugins.xep_0424_retraction import NS_RETRACT
 from sat.plugins.xep_0444_reactions import NS_REACTIONS, is_emoji
 from sat.plugins.xep_0461_replies import NS_REPLY
@@ -239,7 +242,7 @@ class Env:
                 handler.setHandlerParent(self.client)
         self.host.clients[PROFILE] = self.client
         #: references to unknown messages; saved on this clock (no timer left behind)
-        self.pending = xep_0308_correction.pending_references(self.host)
+        self.pending = _pending_references.pending_references(self.host)
         self.pending.clock = self.clock
 
     async def settle(self):
@@ -572,7 +575,7 @@ async def test_message_correct_refused_when_peer_clients_lack_the_feature(env):
     old_client = disco.DiscoInfo()
     old_client.append(disco.DiscoFeature("urn:xmpp:receipts"))
     env.caps.infos[BOB_FULL] = old_client
-    with pytest.raises(xep_0308_correction.FeatureNotSupported):
+    with pytest.raises(_editing.FeatureNotSupported):
         await lmc.correct(env.client, uid, "hello")
     assert env.sent() == []
     old_client.append(disco.DiscoFeature(NS_LMC))
@@ -832,7 +835,7 @@ async def test_message_moderate_requires_moderator_role_and_room_support(env):
     with pytest.raises(errors.PermissionDenied):
         await moderation.moderate(env.client, ROOM, msg["uid"], "")
     room.features.discard(NS_MODERATE)
-    with pytest.raises(xep_0308_correction.FeatureNotSupported):
+    with pytest.raises(_editing.FeatureNotSupported):
         await moderation.moderate(env.client, ROOM, msg["uid"], "")
 
 
@@ -1466,7 +1469,7 @@ async def test_pending_references_survive_a_restart(env):
     # "restart": a new host on the same database; the old one stops listening
     env.storage.remove_stored_listener(env.pending.on_stored)
     await env.storage.kv_set(
-        xep_0308_correction.PENDING_KV_NAMESPACE,
+        _pending_references.PENDING_KV_NAMESPACE,
         "unrelated",
         "x",
         PROFILE,
@@ -1484,7 +1487,7 @@ async def test_pending_references_survive_a_restart(env):
     assert restarted.pending.count(PROFILE) == 0
     await restarted.plugin("XEP-0444").stop()
     saved = await env.storage.kv_get(
-        xep_0308_correction.PENDING_KV_NAMESPACE, xep_0308_correction.PENDING_KV_KEY, None, PROFILE
+        _pending_references.PENDING_KV_NAMESPACE, _pending_references.PENDING_KV_KEY, None, PROFILE
     )
     assert saved["entries"] == []
     env.storage.remove_stored_listener(restarted.pending.on_stored)
@@ -1512,8 +1515,8 @@ async def test_saved_pending_references_are_checked_when_read(env):
         {**good, "key": "k5", "added": "yesterday"},
     ]
     await env.storage.kv_set(
-        xep_0308_correction.PENDING_KV_NAMESPACE,
-        xep_0308_correction.PENDING_KV_KEY,
+        _pending_references.PENDING_KV_NAMESPACE,
+        _pending_references.PENDING_KV_KEY,
         {"version": 1, "entries": [good, *junk]},
         PROFILE,
     )
@@ -1522,6 +1525,146 @@ async def test_saved_pending_references_are_checked_when_read(env):
     msg = await env.from_bob("hi", "m1")
     await env.settle()
     assert (await env.get(msg["uid"]))["extra"]["reactions"] == {"👍": [BOB]}
+
+
+def reply_xml(frm, ref, text, msg_id, msg_type="chat", quote="", to=None, extra_xml=""):
+    """A XEP-0461 reply to ``ref``, with ``quote`` before ``text`` marked as its fallback."""
+    fallback = (
+        f"<fallback xmlns='urn:xmpp:fallback:0' for='{NS_REPLY}'>"
+        f"<body start='0' end='{len(quote)}'/></fallback>"
+        if quote
+        else ""
+    )
+    to_attr = f" to='{to}'" if to else ""
+    return (
+        f"<message xmlns='jabber:client' from='{frm}' to='{ME_FULL}' type='{msg_type}' "
+        f"id='{msg_id}'><body>{quote}{text}</body><reply xmlns='{NS_REPLY}'{to_attr} "
+        f"id='{ref}'/>{fallback}{extra_xml}</message>"
+    )
+
+
+@pytest_twisted.ensureDeferred
+async def test_early_reply_is_linked_when_its_message_arrives(env, caplog):
+    quote = "> Party tonight?\n"
+    with caplog.at_level(logging.INFO):
+        await env.receive(reply_xml(BOB_FULL, "m1", "Yes!", "r1", quote=quote, to=BOB_FULL))
+    assert "linked if that message arrives" in caplog.text
+    (reply,) = await env.history(BOB)  # stored as received meanwhile, quote included
+    assert reply["body"] == quote + "Yes!"
+    assert reply["extra"]["reply_to_id"] == "m1" and "reply_to" not in reply["extra"]
+    assert env.pending.count(PROFILE) == 1
+    assert env.signals.updates() == []
+    target = await env.from_bob("Party tonight?", "m1")
+    await env.settle()
+    row = await env.get(reply["uid"])
+    assert row["extra"]["reply_to"] == target["uid"]
+    assert row["extra"]["reply_to_id"] == "m1" and row["extra"]["reply_to_jid"] == BOB_FULL
+    # the body and what was derived from it stay as stored
+    assert row["body"] == quote + "Yes!" and row["extra"].get("styling") == reply["extra"].get(
+        "styling"
+    )
+    (update,) = env.signals.updates("reply")
+    assert update[1] == reply["uid"] and update[3] == {"reply_to": target["uid"]}
+    assert env.signals.updates("correction") == []
+    assert (await env.get(target["uid"]))["extra"] == target["extra"]  # the target unchanged
+    assert env.pending.count(PROFILE) == 0
+    # a reply arriving once its message is known is linked at once, as before
+    await env.receive(reply_xml(BOB_FULL, "m1", "Still yes", "r2"))
+    later = [r for r in await env.history(BOB) if r["extra"].get("message_id") == "r2"][0]
+    assert later["extra"]["reply_to"] == target["uid"]
+    assert env.pending.count(PROFILE) == 0 and len(env.signals.updates("reply")) == 1
+
+
+@pytest_twisted.ensureDeferred
+async def test_early_reply_whose_message_never_comes_expires(env, caplog):
+    pending = env.pending
+    now = [1_000_000.0]
+    pending.wall = lambda: now[0]
+    await env.receive(reply_xml(BOB_FULL, "gone", "What?", "r1"))
+    assert pending.count(PROFILE) == 1
+    now[0] += pending.MAX_AGE + 1
+    # anything kept later makes the store forget the expired ones
+    with caplog.at_level(logging.INFO):
+        await env.receive(reply_xml(BOB_FULL, "gone-too", "Hm?", "r2"))
+    assert "expired" in caplog.text
+    assert pending.count(PROFILE) == 1
+    # the message comes after all, too late: the reply stays unlinked
+    now[0] += pending.MAX_AGE + 1
+    await env.from_bob("the original", "gone")
+    await env.settle()
+    reply = [r for r in await env.history(BOB) if r["extra"].get("message_id") == "r1"][0]
+    assert "reply_to" not in reply["extra"]
+    assert env.signals.updates("reply") == []
+
+
+@pytest_twisted.ensureDeferred
+async def test_early_replies_are_bounded_per_sender(env):
+    env.pending.MAX_PER_SENDER = 3
+    for n in range(6):
+        await env.receive(reply_xml(MALLORY + "/x", f"nope-{n}", "spam", f"x{n}"))
+    assert env.pending.count(PROFILE) == 3  # the oldest went
+
+
+@pytest_twisted.ensureDeferred
+async def test_early_reply_is_not_linked_to_another_conversation(env):
+    await env.receive(reply_xml(BOB_FULL, "m1", "Agreed", "r1"))
+    # mallory sends a message carrying the id bob's reply names: not bob's conversation
+    await env.receive(
+        f"<message xmlns='jabber:client' from='{MALLORY}/x' to='{ME_FULL}' type='chat' "
+        "id='m1'><body>I owe mallory money</body></message>"
+    )
+    # nor is a room's message with that id (or stanza-id)
+    env.join(features={NS_SID})
+    await env.in_room("mallory", "room words", "m1", "m1")
+    await env.settle()
+    (reply,) = await env.history(BOB)
+    assert "reply_to" not in reply["extra"]
+    assert env.signals.updates("reply") == []
+    assert env.pending.count(PROFILE) == 1  # still waiting for bob's message
+    target = await env.from_bob("Let's split the bill", "m1")
+    await env.settle()
+    assert (await env.get(reply["uid"]))["extra"]["reply_to"] == target["uid"]
+
+
+@pytest_twisted.ensureDeferred
+async def test_early_room_reply_waits_for_the_room_stanza_id(env):
+    env.join(features={NS_SID})
+    await env.in_room("bob", "me too", "b1", "s2", extra_xml=f"<reply xmlns='{NS_REPLY}' id='s1'/>")
+    (reply,) = await env.history(ROOM)
+    assert "reply_to" not in reply["extra"] and env.pending.count(PROFILE) == 1
+    # an occupant's message whose id (chosen by the occupant) is the referenced one: in a
+    # room only the stanza-id the room gave counts (XEP-0461 "Using the correct ID")
+    await env.in_room("mallory", "fake question", "s1", "s3")
+    await env.settle()
+    assert "reply_to" not in (await env.get(reply["uid"]))["extra"]
+    assert env.pending.count(PROFILE) == 1
+    question = await env.in_room("alice", "question?", "a1", "s1")
+    await env.settle()
+    assert (await env.get(reply["uid"]))["extra"]["reply_to"] == question["uid"]
+    (update,) = env.signals.updates("reply")
+    assert update[1] == reply["uid"] and update[3] == {"reply_to": question["uid"]}
+
+
+@pytest_twisted.ensureDeferred
+async def test_early_reply_found_in_a_later_archive_page(env):
+    """Scrolling back: the page with the reply comes before the older page with its
+    message; the same pages again link nothing twice."""
+    newer = [reply_xml(BOB_FULL, "o1", "Sure", "o2").replace(ME_FULL, ME)]
+    older = [
+        f"<message xmlns='jabber:client' from='{BOB_FULL}' to='{ME}' type='chat' id='o1'>"
+        "<body>Lunch?</body></message>"
+    ]
+    await process_archived_page(env, newer, first=10)
+    assert env.pending.count(PROFILE) == 1
+    await process_archived_page(env, older, first=0)
+    await env.settle()
+    question, reply = await env.history(BOB)
+    assert reply["extra"]["reply_to"] == question["uid"]
+    assert env.pending.count(PROFILE) == 0
+    await process_archived_page(env, newer, first=10)
+    await process_archived_page(env, older, first=0)
+    await env.settle()
+    assert len(await env.history(BOB)) == 2 and len(env.signals.updates("reply")) == 1
 
 
 @pytest_twisted.ensureDeferred
@@ -1672,7 +1815,7 @@ async def test_tombstones_outside_an_archive_or_from_another_archive_are_ignored
 def test_a_plugin_keeping_references_must_apply_them():
     host = FakeHost(None)
 
-    class Incomplete(xep_0308_correction.EditingPlugin):
+    class Incomplete(_editing.EditingPlugin):
         name = "XEP-test"
         pending_kinds = ("test",)
 
