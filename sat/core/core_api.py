@@ -359,6 +359,8 @@ def register(host) -> None:  # noqa: C901 - a flat list of declarations
                 "type",
                 "s",
                 "what changed: receipt, marker, correction, retraction, reaction, error, "
+                "reply (a reply stored before the message it answers is now linked to it; "
+                "data: reply_to, that message's uid), "
                 "deleted (the message is gone from the history: a correction that came "
                 "before its original, folded into it; data: merged_into)",
             ),
@@ -402,7 +404,13 @@ def register(host) -> None:  # noqa: C901 - a flat list of declarations
         (
             P,
             ("id", "s", "action id"),
-            ("data", "a{sv}", "what is asked"),
+            (
+                "data",
+                "a{sv}",
+                "what is asked: type (s, e.g. subscription, confirm), title (s), message (s, "
+                "the question), choices (as, the answers offered; else free text), form "
+                "(a{sv}, a data form record: fields... answered with its values as JSON)",
+            ),
             ("timeout", "d", "seconds before the default answer is taken"),
             ("default", "s", "answer used when nobody answers"),
         ),

@@ -16,6 +16,11 @@ returned variants are unwrapped recursively. D-Bus errors become
 Methods declared by plugins after ``connect`` are found on first use (the client
 introspects again when it meets an unknown name, and whenever the daemon restarts).
 
+The client follows the daemon's bus name (``NameOwnerChanged``): signal subscriptions survive a
+restart of the daemon, and :meth:`DBusBridgeClient.on_daemon_state` tells a frontend when the
+daemon goes away (``callback(False)``) and when it is back and introspected again
+(``callback(True)``), so it can show that it is offline and reload its state.
+
 The coroutines are asyncio ones: await them from asyncio tasks; Twisted code wraps them
 with ``Deferred.fromFuture(asyncio.ensure_future(coro))``.
 
@@ -399,6 +404,9 @@ class DBusBridgeClient:
         self._owner: str | None = None
         self._refreshing: asyncio.Future | None = None
         self._tasks: set[asyncio.Task] = set()
+        self._state_callbacks: list[Callable[[bool], Any]] = []
+        #: bumped each time the daemon's name changes owner (a stale "back" is not told)
+        self._owner_generation = 0
         bus.add_message_handler(self._on_message)
 
     # ------------------------------------------------------------------ connection
@@ -460,10 +468,23 @@ class DBusBridgeClient:
         except BaseException:
             bus.disconnect()
             raise
+        client._spawn(client._watch_bus())
         return client
+
+    async def _watch_bus(self) -> None:
+        """The bus itself went away (dbus-daemon stopped): the daemon is out of reach."""
+        try:
+            # shielded: cancelling this watcher must not cancel the bus's own future
+            await asyncio.shield(self.bus.wait_for_disconnect())
+        except Exception as e:
+            log.info("D-Bus connection lost: %s", e)
+        if self._owner is not None:
+            self._owner = None
+            self._tell_state(False)
 
     async def close(self) -> None:
         """Disconnect from the bus."""
+        self._state_callbacks.clear()
         for task in list(self._tasks):
             task.cancel()
         if self.bus.connected:
@@ -685,12 +706,41 @@ class DBusBridgeClient:
                     self._run_callback(callback, args, msg.member)
             return None
         if msg.member == "NameOwnerChanged" and msg.sender == _DBUS and msg.interface == _DBUS:
-            name, _old, new = msg.body
+            name, old, new = msg.body
             if name == self.bus_name:
                 self._owner = new or None
+                self._owner_generation += 1
+                if old:
+                    self._tell_state(False)
                 if new:
-                    self._spawn(self._refresh_quietly())
+                    self._spawn(self._daemon_back(self._owner_generation))
         return None
+
+    # ------------------------------------------------------------------ daemon state
+
+    @property
+    def daemon_available(self) -> bool:
+        """The daemon's bus name has an owner (it runs)."""
+        return self._owner is not None and self.bus.connected
+
+    def on_daemon_state(self, callback: Callable[[bool], Any]) -> Callable[[bool], Any]:
+        """Call ``callback(False)`` when the daemon leaves the bus (stopped, crashed) and
+        ``callback(True)`` when it is back and its API was read again. Returns ``callback``."""
+        self._state_callbacks.append(callback)
+        return callback
+
+    def off_daemon_state(self, callback: Callable[[bool], Any]) -> None:
+        if callback in self._state_callbacks:
+            self._state_callbacks.remove(callback)
+
+    def _tell_state(self, available: bool) -> None:
+        for callback in list(self._state_callbacks):
+            self._run_callback(callback, [available], "daemon state")
+
+    async def _daemon_back(self, generation: int) -> None:
+        await self._refresh_quietly()
+        if generation == self._owner_generation and self._owner is not None:
+            self._tell_state(True)
 
     def _run_callback(self, callback: Callable, args: list, member: str) -> None:
         try:

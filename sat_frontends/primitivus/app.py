@@ -37,6 +37,7 @@ import urwid
 
 from sat_frontends.bridge import errors as bridge_errors
 from sat_frontends.primitivus.config import Config, config_files
+from sat_frontends.primitivus.forms import FormWindow, QuestionWindow
 from sat_frontends.primitivus.keys import KeyMap
 from sat_frontends.primitivus.palette import PALETTE
 from sat_frontends.primitivus.widgets import (
@@ -61,7 +62,9 @@ from sat_frontends.quick_frontend import jid as jidlib
 from sat_frontends.quick_frontend.chat import CHAT, GROUP, PRIVATE, Conversation
 from sat_frontends.quick_frontend.commands import Commands, Context
 from sat_frontends.quick_frontend.completion import Completer
+from sat_frontends.quick_frontend.forms import DataForm
 from sat_frontends.quick_frontend.host import QuickApp
+from sat_frontends.quick_frontend.questions import ANSWERED, Question
 
 log = logging.getLogger(__name__)
 
@@ -176,6 +179,7 @@ class PrimitivusApp:
         self._quit: asyncio.Future | None = None
         self._typing: dict[tuple[str, str], str] = {}
         self._typing_timer: asyncio.TimerHandle | None = None
+        self._ticker: asyncio.TimerHandle | None = None
         #: called after each network-triggered draw (benchmarks, tests)
         self.draw_hooks: list[Callable[[], None]] = []
 
@@ -211,6 +215,9 @@ class PrimitivusApp:
         events.on("session_ready", self._on_session_ready)
         events.on("connection", lambda session: self.request_redraw())
         events.on("info", self._on_info)
+        events.on("action", self._on_question)
+        events.on("action_done", self._on_question_done)
+        events.on("daemon", self._on_daemon)
         self.qa.notifications.events.on("new", self._on_notification)
         self.qa.notifications.events.on("changed", self.request_redraw)
         self.qa.progress.events.on("changed", self._on_progress)
@@ -242,6 +249,8 @@ class PrimitivusApp:
 
     def _status_markup(self, width: int) -> list:
         markup: list = []
+        if not self.qa.daemon_available:
+            markup.append(("status_error", "[daemon disconnected] "))
         for session in self.qa.sessions.values():
             if session.connected:
                 show = session.show
@@ -261,6 +270,10 @@ class PrimitivusApp:
         ]
         if active:
             markup.append(("status_alert", "Act: " + ",".join(active) + " "))
+        questions = len(self.qa.pending_questions())
+        if questions:
+            plural = "s" if questions > 1 else ""
+            markup.append(("status_alert", f"? {questions} question{plural} (/questions) "))
         total = self.qa.notifications.total
         if total:
             markup.append(("status_alert", f"| {total} new "))
@@ -337,7 +350,10 @@ class PrimitivusApp:
             self.current_profile = conv.profile
         self.qa.set_visible([conv] if conv is not None else [])
         self.input.set_prompt(window.prompt())
-        if self.frame.focus_position == "body" and self.columns.focus_position != 0:
+        if isinstance(window, FormWindow | QuestionWindow):
+            # their buttons and fields take the keys
+            self.focus_window()
+        elif self.frame.focus_position == "body" and self.columns.focus_position != 0:
             self.focus_input()
         self.request_redraw()
 
@@ -355,8 +371,14 @@ class PrimitivusApp:
         if conv is not None:
             self.qa.close_conversation(conv)
         window.close()
+        current = self.window
         del self.windows[index]
-        self.switch_window(min(index, len(self.windows) - 1) + 1 if index else 1)
+        if window is current:
+            self.switch_window(min(index, len(self.windows) - 1) + 1 if index else 1)
+        else:
+            # a window in the background: the one on screen stays
+            self.current = self.windows.index(current)
+            self.request_redraw()
 
     def open_conversation(self, conv: Conversation) -> None:
         window = self.window_for(conv)
@@ -396,6 +418,9 @@ class PrimitivusApp:
         self.columns.focus_position = len(self.columns.contents) - 1
 
     def escape(self) -> bool:
+        if isinstance(self.window, FormWindow):
+            self.window.cancel()
+            return True
         if isinstance(self.window, HelpWindow | SearchWindow):
             self.close_window()
             self.focus_input()
@@ -615,6 +640,108 @@ class PrimitivusApp:
         window = SearchWindow(self, profile, query, results, scope, self.options, self._open_jid)
         self.add_window(window)
         self.focus_window()
+
+    def show_form(self, title: str, form: DataForm, on_submit, conv=None) -> None:
+        """Edit ``form`` in a window (``/config``); see :class:`FormWindow`."""
+        for window in self.windows:
+            if isinstance(window, FormWindow) and conv is not None and window.conv_origin is conv:
+                self.close_window(window)
+                break
+        tab = "config:" + (f"#{jidlib.node(conv.jid)}" if conv is not None else "form")
+        window = FormWindow(self, title, form, on_submit, conv, tab)
+        self.add_window(window)
+        self.focus_window()
+
+    def form_done(self, window: FormWindow, result: str | None) -> None:
+        """A form was saved (``result``: what to tell) or cancelled (None)."""
+        origin = window.conv_origin
+        if window in self.windows:
+            self.close_window(window)
+        text = result if result is not None else "not saved"
+        if origin is not None:
+            origin.add_info(text)
+            back = self.window_for(origin)
+            if back is not None:
+                self.switch_window(self.windows.index(back) + 1)
+        else:
+            self.qa.info(text)
+        self.focus_input()
+        self.notice(text)
+
+    # ------------------------------------------------------------------ questions
+
+    def _question_window(self, question: Question) -> QuestionWindow | None:
+        for window in self.windows:
+            if isinstance(window, QuestionWindow) and window.question is question:
+                return window
+        return None
+
+    def _on_question(self, session, question: Question) -> None:
+        # a tab that does not take the keys: the user answers when they want
+        if self._question_window(question) is None:
+            self.windows.append(QuestionWindow(self, question))
+        number = len(self.windows)
+        self.notice(f"the daemon asks: {question.text} (window {number}, Alt+A)", "warning")
+        self._tick()
+
+    def _on_question_done(self, question: Question) -> None:
+        window = self._question_window(question)
+        if question.state == ANSWERED:
+            text = f"{question.text}: answered “{question.label_of(question.answer)}”"
+        else:
+            text = f"{question.text}: {question.status_text()}"
+        self.qa.info(f"[{question.profile}] {text}")
+        self.notice(text, "info" if question.state == ANSWERED else "warning")
+        if window is None:
+            return
+        if window is self.window and question.state != ANSWERED:
+            window.done()  # the user sees it: marked expired, closed by them
+            self.focus_window()
+        else:
+            self.close_window(window)
+        self.request_redraw()
+
+    def show_questions(self, profile: str | None = None) -> None:
+        first = None
+        for question in self.qa.pending_questions(profile):
+            window = self._question_window(question)
+            if window is None:
+                window = QuestionWindow(self, question)
+                self.windows.append(window)
+            first = first or window
+        if first is not None:
+            self.switch_window(self.windows.index(first) + 1)
+
+    def answer_question(self, question: Question, answer: str) -> None:
+        self.qa.spawn(self._answer(question, answer), "answering the daemon")
+
+    async def _answer(self, question: Question, answer: str) -> None:
+        if not await self.qa.answer_question(question, answer):
+            self.notice("this question is no longer asked (answered elsewhere or expired)")
+
+    def _tick(self) -> None:
+        """Redraw every second while a question counts down on screen."""
+        if self._ticker is not None or self.loop is None:
+            return
+        if not any(isinstance(w, QuestionWindow) and w.question.pending for w in self.windows):
+            return
+
+        def tick():
+            self._ticker = None
+            if isinstance(self.window, QuestionWindow):
+                self.request_redraw()
+            self._tick()
+
+        self._ticker = asyncio.get_event_loop().call_later(1.0, tick)
+
+    # ------------------------------------------------------------------ daemon
+
+    def _on_daemon(self, available: bool) -> None:
+        if available:
+            self.notice("the daemon is back")
+            if self.top.original_widget is self.manager:
+                self.qa.spawn(self._show_manager(), "profiles")
+        self._on_sessions(None)
 
     def _open_jid(self, profile: str, jid: str) -> None:
         if profile in self.qa.sessions and jid:

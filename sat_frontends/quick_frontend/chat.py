@@ -325,8 +325,8 @@ class Conversation:
         self.events.emit("update", message)
 
     def apply_update(self, uid: str, update_type: str, data: dict) -> Message | None:
-        """Apply a MessageUpdate (receipt, marker, correction, retraction, reactions, error,
-        deleted)."""
+        """Apply a MessageUpdate (receipt, marker, correction, retraction, reactions, reply,
+        error, deleted)."""
         message = self.find(uid)
         if message is None:
             return None
@@ -386,6 +386,13 @@ class Conversation:
         elif kind in ("error", "failed"):
             message.delivery = "error"
             message.error = data.get("error") or data.get("text") or data.get("condition") or ""
+        elif kind == "reply":
+            # a reply stored before the message it answers, linked once that one came
+            target = self.find(str(data.get("reply_to") or ""))
+            if target is None:
+                return None
+            message.extra["reply_to"] = data["reply_to"]
+            message.reply = (target.nick, target.body.split("\n", 1)[0][:60])
         elif kind == "deleted":
             # gone from the history (e.g. a correction that arrived before its original,
             # folded into it once the original came: data["merged_into"])

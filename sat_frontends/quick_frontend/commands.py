@@ -9,6 +9,10 @@ so. Any failure is shown to the user; nothing here raises to the UI loop.
 
 Each command declares its usage, one line of help and the kind of its first argument (for
 tab completion: ``jid``, ``room``, ``nick``, ``profile``, ``command``).
+
+Room administration (XEP-0045): ``/kick``, ``/ban``, ``/role``, ``/affiliation``, ``/config``
+and ``/destroy`` act on the room of the current window; what the room refuses (not a
+moderator, not an owner) comes back as one sentence saying who may do it.
 """
 
 from __future__ import annotations
@@ -19,15 +23,19 @@ from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
+from sat_frontends.bridge import errors as bridge_errors
 from sat_frontends.quick_frontend import jid as jidlib
 from sat_frontends.quick_frontend.chat import CHAT, GROUP, PRIVATE, Conversation
 from sat_frontends.quick_frontend.features import MissingFeature, arity
+from sat_frontends.quick_frontend.forms import DataForm, FormError
 
 log = logging.getLogger(__name__)
 
 __all__ = ["Command", "CommandError", "CommandUI", "Commands", "Context", "SHOWS"]
 
 SHOWS = {"available": "", "online": "", "chat": "chat", "away": "away", "xa": "xa", "dnd": "dnd"}
+ROLES = ("moderator", "participant", "visitor", "none")
+AFFILIATIONS = ("owner", "admin", "member", "outcast", "none")
 
 
 class CommandError(Exception):
@@ -44,6 +52,14 @@ class CommandUI(Protocol):
     def clear_window(self) -> None: ...
     def switch_window(self, number: int) -> None: ...
     def show_profiles(self) -> None: ...
+    def show_form(
+        self,
+        title: str,
+        form: DataForm,
+        on_submit: Callable[[dict], Awaitable[str | None]],
+        conv: Conversation | None = None,
+    ) -> None: ...
+    def show_questions(self, profile: str | None) -> None: ...
     def set_input(self, text: str) -> None: ...
     def quit(self) -> None: ...
 
@@ -203,6 +219,46 @@ async def _room_jid(ctx: Context, profile: str, name: str) -> str:
         own = ctx.app.sessions[profile].jid
         service = f"conference.{jidlib.domain(own)}"
     return f"{name}@{service}"
+
+
+def _room_of(ctx: Context, conv: Conversation):
+    session = ctx.app.sessions.get(conv.profile)
+    room = session.contacts.rooms.get(conv.jid) if session else None
+    if room is None:
+        raise CommandError("you are not in this room (/join it first)")
+    return room
+
+
+def _need_occupant(ctx: Context, conv: Conversation, nick: str):
+    room = _room_of(ctx, conv)
+    if nick not in room.occupants:
+        # a nick typed with another case is still found
+        same = [n for n in room.occupants if n.casefold() == nick.casefold()]
+        if len(same) == 1:
+            return same[0]
+        raise CommandError(f"no occupant {nick!r} in this room (/occupants lists them)")
+    return nick
+
+
+def _refused(error: Exception, what: str, who_may: str) -> Exception:
+    """A clear sentence for what the room (or the daemon) refused."""
+    message = getattr(error, "message", None) or str(error) or type(error).__name__
+    if isinstance(error, bridge_errors.PermissionDenied):
+        return CommandError(f"you may not {what}: {who_may} only ({message})")
+    if isinstance(error, bridge_errors.NotFound | bridge_errors.InvalidArgument):
+        return CommandError(f"cannot {what}: {message}")
+    if isinstance(error, bridge_errors.NotConnected):
+        return CommandError(f"cannot {what}: not connected ({message})")
+    return error
+
+
+async def _admin_call(ctx: Context, what: str, who_may: str, feature: str, *args) -> None:
+    try:
+        await ctx.app.features.call(feature, *args)
+    except (MissingFeature, CommandError):
+        raise
+    except bridge_errors.BridgeError as e:
+        raise _refused(e, what, who_may) from None
 
 
 # ----------------------------------------------------------------------------- commands
@@ -474,6 +530,204 @@ async def cmd_occupants(ctx: Context, rest: str) -> None:
     ctx.say(f"{len(nicks)} occupants: " + ", ".join(nicks))
 
 
+async def cmd_kick(ctx: Context, rest: str) -> None:
+    conv = ctx.need_conv(GROUP)
+    nick, _, reason = rest.strip().partition(" ")
+    if not nick:
+        raise CommandError("usage: /kick nick [reason]")
+    nick = _need_occupant(ctx, conv, nick)
+    await _admin_call(
+        ctx,
+        f"kick {nick}",
+        "moderators",
+        "muc_kick",
+        conv.profile,
+        conv.jid,
+        nick,
+        reason.strip(),
+    )
+    ctx.say(f"{nick} kicked" + (f" ({reason.strip()})" if reason.strip() else ""))
+
+
+async def cmd_ban(ctx: Context, rest: str) -> None:
+    conv = ctx.need_conv(GROUP)
+    who, _, reason = rest.strip().partition(" ")
+    if not who:
+        raise CommandError("usage: /ban nick|jid [reason]")
+    room = _room_of(ctx, conv)
+    if "@" not in who:
+        who = _need_occupant(ctx, conv, who)
+        occupant = room.occupants[who]
+        if not occupant.jid:
+            raise CommandError(
+                f"the room does not show {who}'s JID to you: /ban their bare JID instead"
+            )
+    elif not jidlib.is_valid(who):
+        raise CommandError(f"{who!r} is not a valid JID")
+    await _admin_call(
+        ctx,
+        f"ban {who}",
+        "admins and owners",
+        "muc_ban",
+        conv.profile,
+        conv.jid,
+        who,
+        reason.strip(),
+    )
+    ctx.say(f"{who} banned" + (f" ({reason.strip()})" if reason.strip() else ""))
+
+
+async def cmd_role(ctx: Context, rest: str) -> None:
+    conv = ctx.need_conv(GROUP)
+    words = rest.split(None, 2)
+    if len(words) < 2 or words[1].lower() not in ROLES:
+        raise CommandError(f"usage: /role nick {'|'.join(ROLES)} [reason]")
+    nick = _need_occupant(ctx, conv, words[0])
+    role = words[1].lower()
+    reason = words[2].strip() if len(words) > 2 else ""
+    await _admin_call(
+        ctx,
+        f"make {nick} {role}",
+        "moderators (admins and owners for moderator)",
+        "muc_role_set",
+        conv.profile,
+        conv.jid,
+        nick,
+        role,
+        reason,
+    )
+    ctx.say(f"{nick} is now {role}" if role != "none" else f"{nick} kicked")
+
+
+async def _list_affiliations(ctx: Context, conv: Conversation, which: list[str]) -> None:
+    for affiliation in which:
+        try:
+            entries = await ctx.app.features.call(
+                "muc_affiliations_get", conv.profile, conv.jid, affiliation
+            )
+        except (MissingFeature, CommandError):
+            raise
+        except bridge_errors.BridgeError as e:
+            raise _refused(e, f"list the {affiliation}s", "admins and owners") from None
+        names = ", ".join(
+            e.get("jid", "") + (f" ({e['nick']})" if e.get("nick") else "") for e in entries
+        )
+        ctx.say(f"{affiliation}s ({len(entries)}): {names or '-'}")
+
+
+async def cmd_affiliation(ctx: Context, rest: str) -> None:
+    conv = ctx.need_conv(GROUP)
+    words = rest.split(None, 2)
+    listable = [a for a in AFFILIATIONS if a != "none"]
+    if not words:
+        await _list_affiliations(ctx, conv, listable)
+        return
+    if len(words) == 1 and words[0].lower() in listable:
+        await _list_affiliations(ctx, conv, [words[0].lower()])
+        return
+    if len(words) < 2 or words[1].lower() not in AFFILIATIONS:
+        raise CommandError(f"usage: /affiliation [nick|jid {'|'.join(AFFILIATIONS)} [reason]]")
+    who = words[0]
+    affiliation = words[1].lower()
+    reason = words[2].strip() if len(words) > 2 else ""
+    if "@" not in who:
+        who = _need_occupant(ctx, conv, who)
+        if not _room_of(ctx, conv).occupants[who].jid:
+            raise CommandError(
+                f"the room does not show {who}'s JID to you: give their bare JID instead"
+            )
+    elif not jidlib.is_valid(who):
+        raise CommandError(f"{who!r} is not a valid JID")
+    await _admin_call(
+        ctx,
+        f"make {who} {affiliation}",
+        "admins and owners (owners for owner and admin)",
+        "muc_affiliation_set",
+        conv.profile,
+        conv.jid,
+        who,
+        affiliation,
+        reason,
+    )
+    ctx.say(f"{who} is now {affiliation}" if affiliation != "none" else f"{who}: no affiliation")
+
+
+async def cmd_config(ctx: Context, rest: str) -> None:
+    conv = ctx.need_conv(GROUP)
+    _room_of(ctx, conv)
+    profile, room = conv.profile, conv.jid
+    try:
+        record = await ctx.app.features.call("muc_config_get", profile, room)
+    except (MissingFeature, CommandError):
+        raise
+    except bridge_errors.BridgeError as e:
+        raise _refused(e, "configure this room", "owners") from None
+    form = DataForm.from_record(record or {})
+    if not form.editable_fields():
+        raise CommandError("the room sent a configuration form without any field")
+
+    async def submit(values: dict) -> str:
+        try:
+            changes = form.changes(values)
+        except FormError as e:
+            raise CommandError(str(e)) from None
+        if not changes:
+            return "nothing changed"
+        try:
+            await ctx.app.features.call("muc_config_set", profile, room, changes)
+        except (MissingFeature, CommandError):
+            raise
+        except bridge_errors.BridgeError as e:
+            raise _refused(e, "configure this room", "owners") from None
+        names = ", ".join(form.get(var).title for var in changes)
+        return f"room configuration saved ({names})"
+
+    words = _words(rest)
+    if words:
+        # /config field value: one field, without the form
+        field = form.get(words[0])
+        if field is None or not field.editable:
+            raise CommandError(f"no field {words[0]!r} in the room's configuration")
+        if len(words) == 1:
+            ctx.say(f"{field.title} [{field.var}]: {field.display() or '(empty)'}")
+            return
+        try:
+            value = field.parse(" ".join(words[1:]))
+        except FormError as e:
+            raise CommandError(str(e)) from None
+        ctx.say(await submit({field.var: value}))
+        return
+    if ctx.ui is not None and hasattr(ctx.ui, "show_form"):
+        title = f"Configuration of {room}"
+        ctx.ui.show_form(title, form, submit, conv)
+        return
+    for field in form.editable_fields():
+        ctx.say(f"{field.title} [{field.var}]: {field.display() or '(empty)'}")
+
+
+async def cmd_destroy(ctx: Context, rest: str) -> None:
+    conv = ctx.need_conv(GROUP)
+    _room_of(ctx, conv)
+    reason = rest.strip()
+    await _admin_call(
+        ctx, "destroy this room", "owners", "muc_destroy", conv.profile, conv.jid, reason, ""
+    )
+    ctx.say("room destroyed" + (f" ({reason})" if reason else ""))
+
+
+async def cmd_questions(ctx: Context, rest: str) -> None:
+    profile = ctx.profile if ctx.profile in ctx.app.sessions else None
+    questions = ctx.app.pending_questions(profile)
+    if not questions:
+        ctx.say("the daemon asks nothing")
+        return
+    if ctx.ui is not None and hasattr(ctx.ui, "show_questions"):
+        ctx.ui.show_questions(profile)
+        return
+    for question in questions:
+        ctx.say(f"[{question.profile}] {question.text} ({question.status_text()})")
+
+
 def _builtin() -> list[Command]:
     return [
         Command("help", cmd_help, "[command]", "list commands and key bindings", "command"),
@@ -517,6 +771,47 @@ def _builtin() -> list[Command]:
             "status", cmd_status, "[available|chat|away|xa|dnd] [message]", "set your presence", ""
         ),
         Command("occupants", cmd_occupants, "", "list the room's occupants", "", ("names",)),
+        Command("kick", cmd_kick, "nick [reason]", "kick an occupant (moderators)", "nick"),
+        Command("ban", cmd_ban, "nick|jid [reason]", "ban someone from the room (admins)", "nick"),
+        Command(
+            "role",
+            cmd_role,
+            "nick moderator|participant|visitor|none [reason]",
+            "change an occupant's role (moderators)",
+            "nick",
+        ),
+        Command(
+            "affiliation",
+            cmd_affiliation,
+            "[nick|jid owner|admin|member|outcast|none [reason]]",
+            "change someone's affiliation (alone: list them)",
+            "nick",
+            ("affiliations", "affil"),
+        ),
+        Command(
+            "config",
+            cmd_config,
+            "[field [value]]",
+            "edit the room's configuration (owners)",
+            "",
+            ("configure",),
+        ),
+        Command(
+            "destroy",
+            cmd_destroy,
+            "[reason]",
+            "destroy the room (owners)",
+            "",
+            ("destroy_room",),
+        ),
+        Command(
+            "questions",
+            cmd_questions,
+            "",
+            "show the daemon's pending questions",
+            "",
+            ("actions",),
+        ),
         Command("clear", cmd_clear, "", "clear the window", ""),
         Command("win", cmd_win, "number", "go to window number", "", ("w",)),
         Command(

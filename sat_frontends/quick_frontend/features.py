@@ -40,6 +40,20 @@ FEATURES: dict[str, tuple[str, tuple[str, ...]]] = {
         ("MucRoomsJoined", "MucJoinedGet", "MUCJoinedGet", "MUCRoomsJoined", "MucJoinedList"),
     ),
     "muc_invite": ("room invitations (XEP-0045 plugin)", ("MucInvite", "MUCInvite")),
+    "muc_kick": ("kicking room occupants (XEP-0045 plugin)", ("MucKick", "MUCKick")),
+    "muc_ban": ("banning from rooms (XEP-0045 plugin)", ("MucBan", "MUCBan")),
+    "muc_role_set": ("changing occupants' roles (XEP-0045 plugin)", ("MucRoleSet",)),
+    "muc_affiliation_set": (
+        "changing affiliations with rooms (XEP-0045 plugin)",
+        ("MucAffiliationSet",),
+    ),
+    "muc_affiliations_get": (
+        "listing rooms' affiliations (XEP-0045 plugin)",
+        ("MucAffiliationsGet",),
+    ),
+    "muc_config_get": ("room configuration (XEP-0045 plugin)", ("MucConfigGet",)),
+    "muc_config_set": ("room configuration (XEP-0045 plugin)", ("MucConfigSet",)),
+    "muc_destroy": ("destroying rooms (XEP-0045 plugin)", ("MucRoomDestroy", "MucDestroy")),
     # message editing and delivery
     "correct": ("message correction (XEP-0308 plugin)", ("MessageCorrect",)),
     "retract": ("message retraction (XEP-0424 plugin)", ("MessageRetract",)),
@@ -56,6 +70,9 @@ FEATURES: dict[str, tuple[str, tuple[str, ...]]] = {
     "block": ("blocking (XEP-0191 plugin)", ("Block",)),
     "unblock": ("unblocking (XEP-0191 plugin)", ("Unblock",)),
     "blocking_list": ("the block list (XEP-0191 plugin)", ("BlockingList",)),
+    # questions of the daemon
+    "action_answer": ("answering the daemon's questions", ("ActionAnswer",)),
+    "actions_pending": ("listing the daemon's questions", ("ActionsPendingGet",)),
     # history
     "history_search": ("history search", ("HistorySearch",)),
     "mam_sync": ("server archive synchronisation (XEP-0313 plugin)", ("MamCatchUp",)),

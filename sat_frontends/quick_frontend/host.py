@@ -22,8 +22,16 @@ what changed through ``app.events``:
 ``info(text, level)``        something to tell the user (level: info, warning, error)
 ``subscription(session, jid, type, extra)``
 ``invitation(session, room, sender, reason, password)``
-``action(session, id, data)``
+``action(session, question)``  the daemon asks something (:class:`~.questions.Question`)
+``action_done(question)``    a question was answered, expired or is no longer asked
+``daemon(available)``        the daemon left the bus (False) / is back and reloaded (True)
 ===========================  ==============================================================
+
+When the daemon goes away (stopped, crashed: its bus name loses its owner), every session is
+marked disconnected and pending questions are dropped; when it is back, the profiles that were
+open are logged in again (with the profile password given at login, kept in memory), their
+contacts, presences, rooms and questions are read again and the rooms that were joined here
+are joined again.
 
 The conversation itself emits finer events (see :mod:`.chat`).
 """
@@ -48,6 +56,7 @@ from sat_frontends.quick_frontend.events import Events
 from sat_frontends.quick_frontend.features import Features, MissingFeature
 from sat_frontends.quick_frontend.notifications import Notifications
 from sat_frontends.quick_frontend.progress import ProgressTracker
+from sat_frontends.quick_frontend.questions import ANSWERED, EXPIRED, GONE, Question
 
 log = logging.getLogger(__name__)
 
@@ -71,6 +80,10 @@ class ProfileSession:
     #: our presence
     show: str = ""
     status: str = ""
+    #: the profile password given at login (to log in again after a daemon restart)
+    password: str = field(default="", repr=False)
+    #: rooms joined here, room -> nick (joined again after a daemon restart)
+    wanted_rooms: dict = field(default_factory=dict)
 
     @property
     def nick(self) -> str:
@@ -95,6 +108,7 @@ class QuickApp:
         ("ProgressFinished", "_on_progress_finished"),
         ("ProgressError", "_on_progress_error"),
         ("ActionNew", "_on_action"),
+        ("ActionExpired", "_on_action_expired"),
         # plugins (handlers for signals the daemon does not have are simply never called)
         ("MucRoomJoined", "_on_muc_joined"),
         ("MucRoomLeft", "_on_muc_left"),
@@ -116,6 +130,10 @@ class QuickApp:
         self.progress = ProgressTracker()
         self.events = Events()
         self.console = Conversation("", CONSOLE, kind=CONSOLE)
+        #: questions of the daemon, by (profile, action id)
+        self.questions: dict[tuple[str, str], Question] = {}
+        #: the daemon is on the bus (False between its disappearance and its return)
+        self.daemon_available = True
         #: conversations on screen: their messages are read as they come
         self.visible: set[tuple[str, str]] = set()
         #: the terminal/window has the user's attention (focus events, when known)
@@ -137,6 +155,9 @@ class QuickApp:
             handler = self._guard(signal, getattr(self, name))
             self.bridge.on(signal, handler)
             self._handlers.append((signal, handler))
+        watch = getattr(self.bridge, "on_daemon_state", None)
+        if callable(watch):
+            watch(self._on_daemon_state)
 
     async def stop(self) -> None:
         for signal, handler in self._handlers:
@@ -145,6 +166,9 @@ class QuickApp:
             except Exception:
                 pass
         self._handlers.clear()
+        unwatch = getattr(self.bridge, "off_daemon_state", None)
+        if callable(unwatch):
+            unwatch(self._on_daemon_state)
         self._started = False
         for task in list(self._tasks):
             task.cancel()
@@ -224,6 +248,7 @@ class QuickApp:
                 self.events.emit("session_closed", session)
             raise
         session.connected = True
+        session.password = profile_password
         await self._load(session)
         return session
 
@@ -252,6 +277,7 @@ class QuickApp:
                 conv.own_jid = session.jid
         await self._load_rooms(session)
         await self._load_blocking(session)
+        await self._load_questions(session)
         session.ready = True
         self.events.emit("contacts", session)
         self.events.emit("session_ready", session)
@@ -266,6 +292,26 @@ class QuickApp:
             return
         for info in rooms:
             self._room_info(session, info.get("room", ""), info, by_user=False)
+
+    async def _load_questions(self, session: ProfileSession) -> None:
+        """Questions asked before this frontend was there (or while it was away)."""
+        if not self.features.has("actions_pending"):
+            return
+        try:
+            pending = await self.features.call("actions_pending", session.profile)
+        except Exception as e:
+            log.debug("pending questions of %s: %s", session.profile, e)
+            return
+        for entry in pending:
+            action_id = entry.get("id", "")
+            if action_id and (session.profile, action_id) not in self.questions:
+                self._on_action(
+                    session.profile,
+                    action_id,
+                    entry.get("data") or {},
+                    float(entry.get("remaining", 0.0)),
+                    entry.get("default", ""),
+                )
 
     async def _load_blocking(self, session: ProfileSession) -> None:
         if not self.features.has("blocking_list"):
@@ -415,6 +461,7 @@ class QuickApp:
             subject=info.get("subject", ""),
             name=info.get("name", ""),
         )
+        session.wanted_rooms[room.jid] = room.nick
         for occupant in info.get("occupants") or ():
             nick = occupant.get("nick")
             if nick:
@@ -607,15 +654,120 @@ class QuickApp:
             job = self.progress.failed(profile, job_id, error)
             self.info(f"{job.label} failed: {error}", "error")
 
+    # --- questions (ActionNew)
+
     def _on_action(self, profile, action_id, data=None, timeout=0.0, default="", *rest):
         session = self._session_of(profile)
-        if session is None:
+        if session is None or (profile, action_id) in self.questions:
             return
-        data = data or {}
-        text = data.get("message") or data.get("title") or data.get("type") or action_id
-        self.notifications.add(profile, "", "action", str(text))
-        self.info(f"[{profile}] the daemon asks: {text} (default answer: {default or 'none'})")
-        self.events.emit("action", session, action_id, data)
+        question = Question(profile, action_id, data or {}, float(timeout or 0.0), default)
+        self.questions[(profile, action_id)] = question
+        self.notifications.add(profile, "", "action", question.text)
+        self.info(
+            f"[{profile}] the daemon asks: {question.text} "
+            f"(default answer in {int(question.timeout)} s: {default or 'none'})"
+        )
+        if question.timeout > 0:
+            # ActionExpired may be missed (daemon gone): the question ends here too
+            try:
+                loop = asyncio.get_running_loop()
+            except RuntimeError:
+                loop = None
+            if loop is not None:
+                loop.call_later(question.timeout + 2.0, self._expire_locally, question)
+        self.events.emit("action", session, question)
+
+    def _on_action_expired(self, profile, action_id, default="", *rest):
+        question = self.questions.get((profile, action_id))
+        if question is not None and question.pending:
+            self._question_done(question, EXPIRED, default)
+
+    def _expire_locally(self, question: Question) -> None:
+        if question.pending:
+            self._question_done(question, EXPIRED, question.default)
+
+    def _question_done(self, question: Question, state: str, answer: str = "") -> None:
+        question.state = state
+        question.answer = answer
+        self.questions.pop((question.profile, question.id), None)
+        self.notifications.clear(question.profile, "")
+        self.events.emit("action_done", question)
+
+    def pending_questions(self, profile: str | None = None) -> list[Question]:
+        return [q for q in self.questions.values() if q.pending and profile in (None, q.profile)]
+
+    async def answer_question(self, question: Question, answer: str) -> bool:
+        """Give ``answer`` to the daemon; False if the question was no longer asked."""
+        from sat_frontends.bridge import errors as bridge_errors
+
+        if not question.pending:
+            return False
+        try:
+            await self.features.call("action_answer", question.profile, question.id, answer)
+        except bridge_errors.NotFound:
+            # answered by another frontend, or expired on the daemon's side
+            self._question_done(question, GONE)
+            return False
+        self._question_done(question, ANSWERED, answer)
+        return True
+
+    # --- the daemon itself
+
+    def _on_daemon_state(self, available: bool) -> None:
+        if not available:
+            if not self.daemon_available:
+                return
+            self.daemon_available = False
+            self.features.invalidate()
+            for question in list(self.questions.values()):
+                self._question_done(question, GONE)
+            for session in self.sessions.values():
+                session.connected = False
+                session.reconnecting = False
+                session.ready = False
+                for room in list(session.contacts.rooms):
+                    session.contacts.room_left(room)
+                session.contacts.clear_presences()
+                for conv in self.conversations.values():
+                    if conv.profile == session.profile and conv.kind == GROUP:
+                        conv.events.emit("state")
+                self.events.emit("connection", session)
+                self.events.emit("contacts", session)
+            self.info("daemon disconnected: waiting for it to come back", "error")
+            self.events.emit("daemon", False)
+        else:
+            self.spawn(self._daemon_back(), "reloading after the daemon's restart")
+
+    async def _daemon_back(self) -> None:
+        self.daemon_available = True
+        self.features.invalidate()
+        if self.sessions:
+            self.info("the daemon is back: reloading profiles, contacts and rooms")
+        for session in list(self.sessions.values()):
+            try:
+                await self.bridge.profile_connect(session.profile, session.password)
+                session.connected = True
+                await self._load(session)
+            except Exception as e:
+                self.report(e, f"{session.profile} could not be logged in again")
+                self.events.emit("connection", session)
+                continue
+            self.events.emit("connection", session)
+            await self._rejoin_rooms(session)
+        self.events.emit("daemon", True)
+
+    async def _rejoin_rooms(self, session: ProfileSession) -> None:
+        for room, nick in list(session.wanted_rooms.items()):
+            if room in session.contacts.rooms:
+                continue
+            conv = self.conversations.get((session.profile, room))
+            if conv is not None and conv.closed:
+                session.wanted_rooms.pop(room, None)
+                continue
+            try:
+                await self.join(session.profile, room, nick)
+            except Exception as e:
+                self.report(e, f"joining {room} again")
 
     # --- plugins
 
@@ -633,6 +785,8 @@ class QuickApp:
             return
         details = details or {}
         session.contacts.room_left(room)
+        if details.get("reason", "left") != "disconnected" and not details.get("rejoining"):
+            session.wanted_rooms.pop(jidlib.bare(room), None)
         conv = self.conversations.get((profile, jidlib.bare(room)))
         reason = details.get("reason", "left")
         if conv is not None:

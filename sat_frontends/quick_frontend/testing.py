@@ -52,6 +52,7 @@ class FakeBridge:
         self.arities: dict[str, tuple[str, ...]] = {}
         self.callbacks: dict[str, list[Callable]] = {}
         self.calls: list[tuple[str, tuple]] = []
+        self.state_callbacks: list[Callable[[bool], Any]] = []
         if with_core:
             self._core()
 
@@ -225,6 +226,24 @@ class FakeBridge:
         """Deliver a signal to the callbacks right away (synchronously)."""
         for callback in list(self.callbacks.get(_camel(signal), ())):
             callback(*args)
+
+    # ------------------------------------------------------------------ daemon state
+
+    def on_daemon_state(self, callback: Callable[[bool], Any]) -> Callable[[bool], Any]:
+        self.state_callbacks.append(callback)
+        return callback
+
+    def off_daemon_state(self, callback: Callable[[bool], Any]) -> None:
+        if callback in self.state_callbacks:
+            self.state_callbacks.remove(callback)
+
+    def daemon_state(self, available: bool) -> None:
+        """Tell the listeners that the daemon left the bus (False) or is back (True); a
+        restarted daemon has no connected profile."""
+        if not available and hasattr(self, "connected"):
+            self.connected.clear()
+        for callback in list(self.state_callbacks):
+            callback(available)
 
     def called(self, name: str) -> list[tuple]:
         return [args for n, args in self.calls if n == name]

@@ -6,6 +6,8 @@
   ``wait_for(text)`` polls it (from asyncio tests: ``await tmux.await_text(text)``).
 - ``prosody``, ``make_account``, ``sat_daemon``: the integration fixtures (real Prosody, the
   daemon as a subprocess on a private dbus-daemon).
+- ``asker_daemon``: the same real daemon with the test plugins of ``daemon_plugins/`` loaded
+  too (``E2eAsk``: the daemon asks the user a question with ``ActionNew``).
 """
 
 from __future__ import annotations
@@ -28,7 +30,7 @@ from tests.integration.conftest import (  # noqa: F401
     prosody,
     sat_daemon,
 )
-from tests.support.daemon import REPO_ROOT
+from tests.support.daemon import REPO_ROOT, SatDaemon
 
 TMUX = shutil.which("tmux") or "/usr/bin/tmux"
 
@@ -143,6 +145,54 @@ def tmux(tmp_path: Path):
         yield server
     finally:
         server.kill()
+
+
+class AskerDaemon(SatDaemon):
+    """:class:`SatDaemon` run by ``tests.e2e.asker_daemon`` (test plugins loaded too)."""
+
+    def start(self, timeout: float = 20.0) -> AskerDaemon:
+        self.ready_file.unlink(missing_ok=True)
+        self.process = subprocess.Popen(
+            [
+                sys.executable,
+                "-m",
+                "tests.e2e.asker_daemon",
+                "fg",
+                "--config",
+                str(self.config_path),
+            ],
+            cwd=REPO_ROOT,
+            env=self.env(),
+            stdin=subprocess.DEVNULL,
+            stdout=subprocess.DEVNULL,
+            stderr=open(self.workdir / "stderr.log", "ab"),
+        )
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if self.process.poll() is not None:
+                raise RuntimeError(
+                    f"daemon exited with {self.process.returncode}:\n{self.log_tail()}"
+                )
+            if self.ready_file.exists():
+                return self
+            time.sleep(0.02)
+        self.kill()
+        raise RuntimeError(f"daemon not ready after {timeout} s:\n{self.log_tail()}")
+
+
+@pytest.fixture
+def asker_daemon(tmp_path: Path, prosody):  # noqa: F811  (the imported fixture)
+    """The real daemon with the E2eAsk test method, on its own private bus."""
+    from tests.support.dbus import DBusDaemon
+
+    with DBusDaemon(tmp_path / "dbus") as bus:
+        daemon = AskerDaemon(tmp_path / "daemon", bus.address, prosody.ca_cert_path)
+        daemon.start()
+        try:
+            yield daemon
+        finally:
+            if daemon.process is not None:
+                daemon.stop()
 
 
 def primitivus_command(bus_address: str, workdir: Path, *args: str) -> tuple[str, dict]:

@@ -288,3 +288,196 @@ async def test_correction_reaction_retraction_and_typing(
         assert not tmux.pane_dead()
     finally:
         await bridge.close()
+
+
+# --------------------------------------------------------------------------- room administration
+
+
+def muc_events(bridge, signal, profile):
+    """A queue of (room, details) of ``signal`` for ``profile``."""
+    queue: asyncio.Queue = asyncio.Queue()
+
+    def on_signal(p, room, details=None, *rest):
+        if p == profile:
+            queue.put_nowait((room, details or {}))
+
+    bridge.on(signal, on_signal)
+    return queue
+
+
+async def type_command(tmux, line):
+    tmux.send("C-u")
+    tmux.type(line)
+    tmux.send("Enter")
+
+
+@asyncio_test(timeout=170)
+async def test_room_moderation_kick_and_config(sat_daemon, prosody, make_account, tmux, tmp_path):
+    a, b, bridge = await setup_profiles(sat_daemon, prosody, make_account, roster=False)
+    try:
+        if not any(m.name == "MucKick" for m in bridge.methods.values()):
+            pytest.skip("the daemon has no MUC plugin (MucKick)")
+        bobs_room = f"e2e-bob-{uuid.uuid4().hex[:8]}@{prosody.muc_domain}"
+        await bridge.muc_join("bob", bobs_room, "bobby", {})
+        start_primitivus(tmux, sat_daemon, tmp_path)
+        await login_alice(tmux)
+        tmux.send("Escape")
+        await asyncio.sleep(0.3)  # a lone Esc, not Alt+the next key
+        # outside a room, the room commands say where they work
+        await type_command(tmux, "/kick bobby")
+        await tmux.await_text("this command works in a room window", timeout=10)
+        # in bob's room, alice is a participant: the room refuses, and she is told why
+        await type_command(tmux, f"/join {bobs_room}")
+        node = bobs_room.split("@")[0]
+        await tmux.await_text(f"#{node} [2]", timeout=20)
+        await type_command(tmux, "/kick nobody-here")
+        await tmux.await_text("no occupant 'nobody-here' in this room", timeout=10)
+        await type_command(tmux, "/kick bobby out")
+        await tmux.await_text("you may not kick bobby: moderators only", timeout=15)
+        await type_command(tmux, "/config")
+        await tmux.await_text("you may not configure this room: owners only", timeout=15)
+        assert len(await bridge.muc_occupants_get("bob", bobs_room)) == 2
+        await type_command(tmux, "/part")
+        await asyncio.sleep(0.5)
+
+        # alice's own room: she is its owner
+        room = f"e2e-alice-{uuid.uuid4().hex[:8]}@{prosody.muc_domain}"
+        node = room.split("@")[0]
+        await type_command(tmux, f"/join {room}")
+        await tmux.await_text(f"#{node} [1]", timeout=20)
+        left = muc_events(bridge, "MucRoomLeft", "bob")
+        await bridge.muc_join("bob", room, "bobby", {})
+        await tmux.await_text(f"#{node} [2]", timeout=15)
+        await type_command(tmux, "/kick bobby flooding")
+        gone_room, details = await asyncio.wait_for(left.get(), 15)
+        assert gone_room == room and details["reason"] == "kicked", details
+        await tmux.await_text("bobby kicked (flooding)", timeout=10)
+        await tmux.await_text(f"#{node} [1]", timeout=10)
+
+        # /config: the room's form in a window; the title is changed and saved
+        await type_command(tmux, "/config")
+        screen = await tmux.await_text("Ctrl+S: save", timeout=15)
+        assert "config:#" in screen and "Title" in screen, screen
+        new_name = f"Renamed {uuid.uuid4().hex[:6]}"
+        tmux.send("C-u")  # the focus is on the first field: the title
+        tmux.type(new_name)
+        tmux.send("C-s")
+        await tmux.await_text("room configuration saved", timeout=15)
+        form = await bridge.muc_config_get("alice", room)
+        (name_field,) = [f for f in form["fields"] if f["var"] == "muc#roomconfig_roomname"]
+        assert name_field["values"] == [new_name]
+        # Esc cancels the form: nothing is sent
+        await type_command(tmux, "/config")
+        await tmux.await_text("Ctrl+S: save", timeout=15)
+        tmux.type(" not saved")
+        tmux.send("Escape")
+        await tmux.await_text("not saved", timeout=10)
+        form = await bridge.muc_config_get("alice", room)
+        (name_field,) = [f for f in form["fields"] if f["var"] == "muc#roomconfig_roomname"]
+        assert name_field["values"] == [new_name]
+        assert not tmux.pane_dead()
+    finally:
+        await bridge.close()
+
+
+# --------------------------------------------------------------------------- daemon's questions
+
+
+@asyncio_test(timeout=150)
+async def test_answering_the_daemons_questions(asker_daemon, prosody, make_account, tmux, tmp_path):
+    a, b, bridge = await setup_profiles(asker_daemon, prosody, make_account, roster=False)
+    try:
+        start_primitivus(tmux, asker_daemon, tmp_path)
+        await login_alice(tmux)
+        tmux.send("Escape")
+        await asyncio.sleep(0.3)
+        # the daemon asks: a tab appears without taking the keys
+        asked = asyncio.ensure_future(
+            bridge.e2e_ask(
+                "alice",
+                {
+                    "title": "File offer",
+                    "message": "Accept photo.jpg?",
+                    "choices": ["accept", "refuse"],
+                },
+                60.0,
+                "refuse",
+            )
+        )
+        screen = await tmux.await_text("?question", timeout=15)
+        assert "? 1 question" in screen
+        tmux.send("M-a")  # the next window needing attention
+        screen = await tmux.await_text("refuse (default)", timeout=10)
+        assert "Accept photo.jpg?" in screen and "s to answer" in screen
+        tmux.send("Enter")  # the first choice has the focus
+        assert await asyncio.wait_for(asked, 15) == "accept"
+        await tmux.await_text("answered “accept”", timeout=10)
+        assert "?question" not in tmux.screen()
+        # nobody answers: the daemon takes the default and the dialog says it expired
+        asked = asyncio.ensure_future(
+            bridge.e2e_ask("alice", {"message": "Trust this device?", "type": "confirm"}, 3.0, "no")
+        )
+        await tmux.await_text("?question", timeout=15)
+        tmux.send("M-a")
+        await tmux.await_text("Trust this device?", timeout=10)
+        assert await asyncio.wait_for(asked, 15) == "no"
+        screen = await tmux.await_text("expired: the daemon took the default answer (no)", 10)
+        assert "?expired" in screen
+        tmux.send("Enter")  # "Close"
+        await tmux.await_text(re.compile(r"^ 1:console\s*$", re.M), timeout=10)
+        assert not tmux.pane_dead()
+    finally:
+        await bridge.close()
+
+
+# --------------------------------------------------------------------------- daemon restart
+
+
+@asyncio_test(timeout=170)
+async def test_daemon_restart_reloads(sat_daemon, prosody, make_account, tmux, tmp_path):
+    a, b, bridge = await setup_profiles(sat_daemon, prosody, make_account)
+    try:
+        has_muc = any(m.name == "MucJoin" for m in bridge.methods.values())
+        start_primitivus(tmux, sat_daemon, tmp_path)
+        await login_alice(tmux)
+        tmux.send("Escape")
+        await asyncio.sleep(0.3)
+        room = f"e2e-restart-{uuid.uuid4().hex[:8]}@{prosody.muc_domain}"
+        node = room.split("@")[0]
+        if has_muc:
+            await type_command(tmux, f"/join {room}")
+            await tmux.await_text(f"#{node} [1]", timeout=20)
+        # the daemon stops: Primitivus says so and does not crash
+        await asyncio.to_thread(sat_daemon.stop)
+        screen = await tmux.await_text("daemon disconnected", timeout=15)
+        assert "[daemon disconnected]" in screen
+        await asyncio.sleep(1)
+        assert not tmux.pane_dead()
+        # it comes back: the profile is logged in again, contacts and rooms reloaded
+        await asyncio.to_thread(sat_daemon.start)
+        screen = await tmux.await_text("[alice ● online]", timeout=30)
+        for _ in range(100):
+            screen = tmux.screen()
+            if "[daemon disconnected]" not in screen:
+                break
+            await asyncio.sleep(0.1)
+        assert "[daemon disconnected]" not in screen, screen
+        assert await bridge.profile_is_connected("alice")
+        if has_muc:
+            for _ in range(100):
+                joined = await bridge.muc_rooms_joined("alice")
+                if any(r.get("room") == room for r in joined):
+                    break
+                await asyncio.sleep(0.2)
+            assert any(r.get("room") == room for r in joined), joined
+            await tmux.await_text(f"#{node} [1]", timeout=10)
+        # signals flow again: a message from bob shows up, in bob's chat
+        await bridge.profile_connect("bob", "")
+        text = f"after the restart {uuid.uuid4().hex[:6]}"
+        await bridge.message_send("bob", a.jid, text, {})
+        await tmux.await_text("Bob(1)", timeout=20)
+        await type_command(tmux, f"/msg {b.jid}")
+        await tmux.await_text(text, timeout=15)
+        assert not tmux.pane_dead()
+    finally:
+        await bridge.close()

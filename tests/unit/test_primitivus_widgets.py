@@ -481,3 +481,248 @@ async def test_room_occupants_column_and_progress_bars():
     assert "photo.jpg" in text and "45 %" in text
     bridge.emit("ProgressFinished", "alice", "job1", {})
     assert "100 %" in screen_text(app)
+
+
+# --------------------------------------------------------------------------- forms and questions
+
+ROOM = "room@conference.example.org"
+CONFIG_FORM = {
+    "type": "form",
+    "title": "Configuration for room",
+    "instructions": ["Change what you like."],
+    "fields": [
+        {"var": "FORM_TYPE", "type": "hidden", "values": ["muc#roomconfig"]},
+        {
+            "var": "muc#roomconfig_roomname",
+            "type": "text-single",
+            "label": "Title",
+            "values": ["Old"],
+        },
+        {
+            "var": "muc#roomconfig_persistentroom",
+            "type": "boolean",
+            "label": "Persistent",
+            "desc": "Kept when empty",
+            "values": ["1"],
+        },
+        {
+            "var": "muc#roomconfig_whois",
+            "type": "list-single",
+            "label": "Real JIDs",
+            "values": ["moderators"],
+            "options": [
+                {"value": "moderators", "label": "Moderators only"},
+                {"value": "anyone", "label": "Anyone"},
+            ],
+        },
+        {
+            "var": "muc#roomconfig_presencebroadcast",
+            "type": "list-multi",
+            "label": "Broadcast",
+            "values": ["moderator"],
+            "options": [
+                {"value": "moderator", "label": "Moderator"},
+                {"value": "visitor", "label": "Visitor"},
+            ],
+        },
+        {
+            "var": "muc#roomconfig_roomdesc",
+            "type": "text-multi",
+            "label": "Description",
+            "values": ["one", "two"],
+        },
+        {
+            "var": "muc#roomconfig_roomsecret",
+            "type": "text-private",
+            "label": "Password",
+            "values": ["s3cret"],
+        },
+        {"type": "fixed", "values": ["A fixed note"]},
+    ],
+}
+
+
+def test_form_widget_editors_and_values():
+    from sat_frontends.primitivus.forms import FormWidget
+    from sat_frontends.quick_frontend.forms import DataForm
+
+    form = DataForm.from_record(CONFIG_FORM)
+    widget = FormWidget(form)
+    text = "\n".join(lines(widget, (60, 20)))
+    # each field with its type's editor; hidden ones are not shown, fixed ones as text
+    assert "FORM_TYPE" not in text and "A fixed note" in text and "Change what you like." in text
+    assert "Title" in text and "Old" in text
+    assert "Persistent" in text and "[X]" in text and "Kept when empty" in text
+    assert "(X) Moderators only" in text and "( ) Anyone" in text
+    assert "[X] Moderator" in text and "[ ] Visitor" in text
+    assert "one" in text and "two" in text
+    assert "s3cret" not in text and "******" in text  # text-private is masked
+    assert widget.values() == {
+        "muc#roomconfig_roomname": "Old",
+        "muc#roomconfig_persistentroom": True,
+        "muc#roomconfig_whois": "moderators",
+        "muc#roomconfig_presencebroadcast": ["moderator"],
+        "muc#roomconfig_roomdesc": ["one", "two"],
+        "muc#roomconfig_roomsecret": "s3cret",
+    }
+    assert form.changes(widget.values()) == {}
+    # the keys edit the fields: the first field has the focus, Tab goes to the next one
+    size = (60, 20)
+    for key in ["ctrl u", *"New name", "tab", " ", "tab", "down", " "]:
+        widget.keypress(size, key)
+    values = widget.values()
+    assert values["muc#roomconfig_roomname"] == "New name"
+    assert values["muc#roomconfig_persistentroom"] is False
+    assert values["muc#roomconfig_whois"] == "anyone"
+    widget.editor("presencebroadcast").set_value(["moderator", "visitor"])
+    widget.editor("roomdesc").set_value(["one", "two", "three"])
+    assert form.changes(widget.values()) == {
+        "muc#roomconfig_roomname": "New name",
+        "muc#roomconfig_persistentroom": False,
+        "muc#roomconfig_whois": "anyone",
+        "muc#roomconfig_presencebroadcast": ["moderator", "visitor"],
+        "muc#roomconfig_roomdesc": ["one", "two", "three"],
+    }
+
+
+async def app_in_room(bridge):
+    bridge.handle("MucRoomsJoined", lambda profile: [])
+    app = PrimitivusApp(bridge, Config())
+    await app.qa.start()
+    await app.login("alice")
+    bridge.emit(
+        "MucRoomJoined",
+        "alice",
+        ROOM,
+        {"room": ROOM, "nick": "alice", "occupants": [{"nick": "alice", "role": "moderator"}]},
+    )
+    room = app.qa.get_conversation("alice", ROOM)
+    app.open_conversation(room)
+    return app, room
+
+
+async def settle():
+    for _ in range(5):
+        await asyncio.sleep(0.01)
+
+
+@asyncio_test
+async def test_config_window_save_cancel_and_refusal():
+    from sat_frontends.bridge import errors
+
+    bridge = make_bridge()
+    saved = []
+    bridge.handle("MucConfigGet", lambda profile, room: CONFIG_FORM)
+    bridge.handle("MucConfigSet", lambda profile, room, values: saved.append(values))
+    app, room = await app_in_room(bridge)
+    size = (80, 24)
+    await app._run_command("/config")
+    text = screen_text(app)
+    assert "3:config:#room" in text and "Configuration for room" in text and "Ctrl+S: save" in text
+    assert app.frame.focus_position == "body"  # the form has the keys
+    for key in ["ctrl u", *"Coffee"]:
+        app.frame.keypress(size, key)
+    app.frame.keypress(size, "ctrl s")
+    await settle()
+    assert saved == [{"muc#roomconfig_roomname": "Coffee"}]
+    text = screen_text(app)
+    assert "config:#room" not in text and "room configuration saved (Title)" in text
+    assert app.window.conv is room and app.frame.focus_position == "footer"
+    # Esc cancels: nothing sent
+    await app._run_command("/config")
+    app.frame.keypress(size, "x")
+    app.frame.keypress(size, "esc")
+    await settle()
+    assert len(saved) == 1 and "not saved" in screen_text(app)
+
+    # the room refuses the new configuration: said in the window, which stays open
+    def refuse(profile, room, values):
+        raise errors.PermissionDenied("room configuration failed: forbidden (forbidden)")
+
+    bridge.handle("MucConfigSet", refuse)
+    await app._run_command("/config")
+    app.frame.keypress(size, "z")
+    app.frame.keypress(size, "ctrl s")
+    await settle()
+    text = screen_text(app)
+    assert "config:#room" in text and "you may not configure this room: owners only" in text
+
+
+@asyncio_test
+async def test_question_window_answer_expire_and_background():
+    bridge = make_bridge()
+    answers = []
+    bridge.handle(
+        "ActionAnswer", lambda profile, action_id, value: answers.append((action_id, value))
+    )
+    app, room = await app_in_room(bridge)
+    size = (80, 24)
+    bridge.emit(
+        "ActionNew",
+        "alice",
+        "q1",
+        {"title": "File offer", "message": "Accept photo.jpg?", "choices": ["accept", "refuse"]},
+        60.0,
+        "refuse",
+    )
+    text = screen_text(app)
+    # a tab that stands out, the status bar counts it, the keys stay in the input line
+    assert "3:?question(1)" in text and "? 1 question (/questions)" in text
+    assert app.window.conv is room and app.frame.focus_position == "footer"
+    app.frame.keypress(size, "meta a")
+    text = screen_text(app)
+    assert "File offer" in text and "Accept photo.jpg?" in text
+    assert "< accept >" in text and "< refuse (default) >" in text and "s to answer" in text
+    app.frame.keypress(size, "down")
+    app.frame.keypress(size, "enter")  # "refuse"
+    await settle()
+    assert answers == [("q1", "refuse")]
+    text = screen_text(app)
+    assert "?question" not in text and "answered “refuse”" in text
+    # on screen when the daemon takes the default: marked expired, closed by the user
+    bridge.emit(
+        "ActionNew", "alice", "q2", {"message": "Trust this device?", "type": "confirm"}, 60.0, "no"
+    )
+    app.show_questions()
+    assert "< yes >" in screen_text(app)
+    bridge.emit("ActionExpired", "alice", "q2", "no")
+    text = screen_text(app)
+    assert "?expired" in text and "expired: the daemon took the default answer (no)" in text
+    assert "< yes >" not in text
+    app.frame.keypress(size, "enter")  # Close
+    assert "?expired" not in screen_text(app) and app.window.conv is room
+    # in the background, an expired question's window goes away by itself
+    bridge.emit("ActionNew", "alice", "q3", {"message": "Free text?"}, 60.0, "maybe")
+    assert "?question" in screen_text(app)
+    bridge.emit("ActionExpired", "alice", "q3", "maybe")
+    text = screen_text(app)
+    assert "?question" not in text and app.window.conv is room
+    # a free text question: the default answer is offered, Enter sends it
+    bridge.emit("ActionNew", "alice", "q4", {"message": "Your name?"}, 60.0, "Alice")
+    await app._run_command("/questions")
+    assert "Answer: Alice" in screen_text(app)
+    for key in [" ", "L"]:
+        app.frame.keypress(size, key)
+    app.frame.keypress(size, "enter")
+    await settle()
+    assert answers[-1] == ("q4", "Alice L")
+
+
+@asyncio_test
+async def test_daemon_disconnected_then_back_on_screen():
+    bridge = make_bridge()
+    app, room = await app_in_room(bridge)
+    bridge.handle("MucJoin", lambda profile, room, nick, options: {"room": room, "nick": nick})
+    bridge.daemon_state(False)
+    text = screen_text(app)
+    assert "[daemon disconnected]" in text and "[alice: offline]" in text
+    assert "| daemon disconnected: waiting" in text and "(not joined)" in text
+    bridge.daemon_state(True)
+    for _ in range(50):
+        await asyncio.sleep(0.01)
+        if app.qa.sessions["alice"].ready:
+            break
+    text = screen_text(app)
+    assert "[daemon disconnected]" not in text and "[alice ● online]" in text
+    assert "the daemon is back" in text
+    assert bridge.called("MucJoin")[-1][:2] == ("alice", ROOM)

@@ -139,6 +139,17 @@ def test_conversation_keys():
     assert conversation_key(private, {ROOM}) == (f"{ROOM}/bobby", PRIVATE)
 
 
+def test_reply_linked_after_its_target_arrived():
+    conv = Conversation("alice", BOB, CHAT, own_jid=ALICE, name_of=lambda j: "Bob")
+    reply = conv.add(message_record(f"{BOB}/pc", ALICE, "yes, that one", uid="r1"))
+    assert reply.reply is None
+    # the daemon links it once the message it answers is stored (not shown yet: nothing)
+    assert conv.apply_update("r1", "reply", {"reply_to": "t1"}) is None
+    conv.add(message_record(f"{BOB}/pc", ALICE, "which one?\nsecond line", uid="t1"))
+    assert conv.apply_update("r1", "reply", {"reply_to": "t1"}) is reply
+    assert reply.reply == ("Bob", "which one?") and reply.extra["reply_to"] == "t1"
+
+
 def test_conversation_messages_and_updates():
     conv = Conversation("alice", BOB, CHAT, own_jid=ALICE, name_of=lambda j: "Bob")
     appended = []
@@ -567,3 +578,453 @@ def test_notifications_and_progress():
     assert job.fraction == 1.0 and progress.active()
     progress.prune(time.monotonic() + 60)
     assert not progress.jobs
+
+
+# --------------------------------------------------------------------------- room administration
+
+ROOM_FORM = {
+    "type": "form",
+    "form_type": "http://jabber.org/protocol/muc#roomconfig",
+    "title": "Configuration for room",
+    "instructions": ["Complete this form to modify the configuration of your room."],
+    "fields": [
+        {"var": "FORM_TYPE", "type": "hidden", "values": ["muc#roomconfig"]},
+        {"var": "muc#roomconfig_roomname", "type": "text-single", "label": "Title"},
+        {
+            "var": "muc#roomconfig_roomdesc",
+            "type": "text-multi",
+            "label": "Description",
+            "values": ["line one", "line two"],
+        },
+        {
+            "var": "muc#roomconfig_persistentroom",
+            "type": "boolean",
+            "label": "Persistent",
+            "values": ["0"],
+        },
+        {
+            "var": "muc#roomconfig_whois",
+            "type": "list-single",
+            "label": "Who may discover real JIDs?",
+            "values": ["moderators"],
+            "options": [
+                {"value": "moderators", "label": "Moderators only"},
+                {"value": "anyone", "label": "Anyone"},
+            ],
+        },
+        {
+            "var": "muc#roomconfig_presencebroadcast",
+            "type": "list-multi",
+            "label": "Roles whose presence is broadcast",
+            "values": ["moderator", "participant"],
+            "options": [
+                {"value": "moderator", "label": "Moderator"},
+                {"value": "participant", "label": "Participant"},
+                {"value": "visitor", "label": "Visitor"},
+            ],
+        },
+        {"var": "muc#roomconfig_roomsecret", "type": "text-private", "label": "Password"},
+        {
+            "var": "muc#roomconfig_lang",
+            "type": "text-single",
+            "label": "Language",
+            "required": True,
+            "values": ["en"],
+        },
+        {"type": "fixed", "values": ["Some fixed text"]},
+    ],
+}
+
+
+def test_data_form_values_changes_and_checks():
+    from sat_frontends.quick_frontend.forms import DataForm, FormError
+
+    form = DataForm.from_record(ROOM_FORM)
+    assert form.title == "Configuration for room" and len(form.instructions) == 1
+    editable = [f.var for f in form.editable_fields()]
+    assert "FORM_TYPE" not in editable and "" not in editable and len(editable) == 7
+    values = {f.var: f.value for f in form.editable_fields()}
+    assert values["muc#roomconfig_roomname"] == ""
+    assert values["muc#roomconfig_roomdesc"] == ["line one", "line two"]
+    assert values["muc#roomconfig_persistentroom"] is False
+    assert values["muc#roomconfig_whois"] == "moderators"
+    assert values["muc#roomconfig_presencebroadcast"] == ["moderator", "participant"]
+    # nothing changed: nothing to send
+    assert form.changes(values) == {}
+    # only what changed is sent, typed for the bridge
+    values.update(
+        {
+            "muc#roomconfig_roomname": "Coffee",
+            "muc#roomconfig_persistentroom": True,
+            "muc#roomconfig_presencebroadcast": ["moderator"],
+            "muc#roomconfig_roomdesc": ["line one", "line 2", ""],
+        }
+    )
+    assert form.changes(values) == {
+        "muc#roomconfig_roomname": "Coffee",
+        "muc#roomconfig_persistentroom": True,
+        "muc#roomconfig_presencebroadcast": ["moderator"],
+        "muc#roomconfig_roomdesc": ["line one", "line 2"],
+    }
+    # fields found by var, label or the end of the var
+    assert form.get("Title").var == "muc#roomconfig_roomname"
+    assert form.get("roomname").var == "muc#roomconfig_roomname"
+    assert form.get("persistentroom").parse("yes") is True
+    assert form.get("whois").parse("Anyone") == "anyone"  # a label is understood
+    assert form.get("presencebroadcast").parse("moderator, visitor") == ["moderator", "visitor"]
+    assert form.get("whois").display() == "Moderators only"
+    assert form.get("nothing") is None
+    # what the form cannot take is refused, naming the field
+    with pytest.raises(FormError, match="Who may discover real JIDs"):
+        form.changes({"muc#roomconfig_whois": "everybody"})
+    with pytest.raises(FormError, match="Language is required"):
+        form.changes({"muc#roomconfig_lang": "  "})
+    with pytest.raises(FormError, match="yes or no"):
+        form.get("persistentroom").parse("perhaps")
+    with pytest.raises(FormError, match="no field"):
+        form.changes({"bogus": "1"})
+
+
+def room_app_bridge():
+    bridge = make_bridge()
+    bridge.handle("MucRoomsJoined", lambda profile: [])
+    return bridge
+
+
+async def room_app(bridge, occupants=None):
+    app = QuickApp(bridge)
+    await app.start()
+    await app.login("alice")
+    bridge.emit(
+        "MucRoomJoined",
+        "alice",
+        ROOM,
+        {
+            "room": ROOM,
+            "nick": "alice",
+            "occupants": occupants
+            or [
+                {"nick": "alice", "role": "moderator", "affiliation": "owner"},
+                {"nick": "bob", "role": "participant"},
+                {"nick": "carol", "role": "participant", "jid": "carol@example.org/x"},
+            ],
+        },
+    )
+    return app, app.get_conversation("alice", ROOM)
+
+
+@asyncio_test
+async def test_room_admin_commands():
+    from sat_frontends.bridge import errors
+
+    bridge = room_app_bridge()
+    app, room = await room_app(bridge)
+    chat = app.conversation("alice", BOB)
+    # without the plugin's members: said in one sentence
+    out = await run(app, "/kick bob", room)
+    assert out[-1][1] == "error" and "kicking room occupants (XEP-0045 plugin)" in out[-1][0]
+    for name in ("MucKick", "MucRoleSet"):
+        bridge.handle(
+            name,
+            lambda *args: None,
+            ("profile", "room", "nick", "x", "y")[: 4 if name == "MucKick" else 5],
+        )
+    bridge.handle("MucBan", lambda profile, room, who, reason: None)
+    bridge.handle("MucAffiliationSet", lambda profile, room, who, affiliation, reason: None)
+    bridge.handle("MucRoomDestroy", lambda profile, room, reason, alternate: None)
+    bridge.handle(
+        "MucAffiliationsGet",
+        lambda profile, room, affiliation: (
+            [{"jid": "alice@example.org", "affiliation": "owner"}] if affiliation == "owner" else []
+        ),
+    )
+    # outside a room window, with missing or wrong arguments, unknown nicks: clear errors
+    out = await run(app, "/kick bob", chat)
+    assert out == [("this command works in a room window", "error")]
+    assert (await run(app, "/kick", room))[0][0] == "usage: /kick nick [reason]"
+    out = await run(app, "/kick dave", room)
+    assert out == [("no occupant 'dave' in this room (/occupants lists them)", "error")]
+    assert (
+        "usage: /role nick moderator|participant|visitor|none"
+        in (await run(app, "/role bob king", room))[0][0]
+    )
+    assert "usage: /affiliation" in (await run(app, "/affiliation bob@x.org boss", room))[0][0]
+    assert not bridge.called("MucKick") and not bridge.called("MucRoleSet")
+    # the commands call the daemon with the room of the window
+    assert await run(app, "/kick bob too much noise", room) == [
+        ("bob kicked (too much noise)", "info")
+    ]
+    assert bridge.called("MucKick")[-1] == ("alice", ROOM, "bob", "too much noise")
+    await run(app, "/kick BOB", room)  # the nick's case does not matter
+    assert bridge.called("MucKick")[-1] == ("alice", ROOM, "bob", "")
+    await run(app, "/role bob visitor be quiet", room)
+    assert bridge.called("MucRoleSet")[-1] == ("alice", ROOM, "bob", "visitor", "be quiet")
+    # a ban needs a JID: a nick whose JID the room hides is refused, a visible one goes
+    out = await run(app, "/ban bob", room)
+    assert "does not show bob's JID" in out[0][0] and not bridge.called("MucBan")
+    await run(app, "/ban carol spam", room)
+    assert bridge.called("MucBan")[-1] == ("alice", ROOM, "carol", "spam")
+    await run(app, "/ban mallory@evil.example", room)
+    assert bridge.called("MucBan")[-1] == ("alice", ROOM, "mallory@evil.example", "")
+    assert "not a valid JID" in (await run(app, "/ban @@", room))[0][0]
+    await run(app, "/affil dave@example.org member", room)  # Poezio's alias style
+    assert bridge.called("MucAffiliationSet")[-1] == (
+        "alice",
+        ROOM,
+        "dave@example.org",
+        "member",
+        "",
+    )
+    out = await run(app, "/affiliation", room)
+    assert ("owners (1): alice@example.org", "info") in out and ("members (0): -", "info") in out
+    await run(app, "/destroy we are done", room)
+    assert bridge.called("MucRoomDestroy")[-1] == ("alice", ROOM, "we are done", "")
+
+    # the room refuses: the user is told who may do it, never a traceback
+    def refuse(*args):
+        raise errors.PermissionDenied("none role change to room failed: not allowed (forbidden)")
+
+    bridge.handle("MucKick", refuse, ("profile", "room", "nick", "reason"))
+    out = await run(app, "/kick bob", room)
+    assert out == [
+        (
+            "you may not kick bob: moderators only "
+            "(none role change to room failed: not allowed (forbidden))",
+            "error",
+        )
+    ]
+    bridge.handle("MucRoomDestroy", refuse, ("profile", "room", "reason", "alternate"))
+    assert "you may not destroy this room: owners only" in (await run(app, "/destroy", room))[0][0]
+    # once out of the room, the commands say so
+    bridge.emit("MucRoomLeft", "alice", ROOM, {"reason": "kicked"})
+    out = await run(app, "/kick bob", room)
+    assert out == [("you are not in this room (/join it first)", "error")]
+
+
+@asyncio_test
+async def test_config_command_form_and_shortcut():
+    from sat_frontends.bridge import errors
+
+    bridge = room_app_bridge()
+    app, room = await room_app(bridge)
+    saved = []
+    bridge.handle("MucConfigGet", lambda profile, room: ROOM_FORM)
+    bridge.handle("MucConfigSet", lambda profile, room, values: saved.append(values))
+    # with a UI: the form is handed to it with a coroutine saving the changes
+    ui = FakeUI()
+    assert await run(app, "/config", room, ui) == []
+    name, (title, form, submit, conv) = ui.calls[-1]
+    assert name == "show_form" and conv is room and ROOM in title
+    assert form.get("Title") is not None
+    values = {f.var: f.value for f in form.editable_fields()}
+    assert await submit(values) == "nothing changed" and saved == []
+    values["muc#roomconfig_roomname"] = "Coffee room"
+    values["muc#roomconfig_whois"] = "anyone"
+    assert await submit(values) == "room configuration saved (Title, Who may discover real JIDs?)"
+    assert saved[-1] == {"muc#roomconfig_roomname": "Coffee room", "muc#roomconfig_whois": "anyone"}
+    values["muc#roomconfig_lang"] = ""
+    with pytest.raises(Exception, match="Language is required"):
+        await submit(values)
+    # /config field value: one field without the form
+    out = await run(app, '/config roomname "Tea room"', room)
+    assert out == [("room configuration saved (Title)", "info")]
+    assert saved[-1] == {"muc#roomconfig_roomname": "Tea room"}
+    out = await run(app, "/config persistentroom yes", room)
+    assert saved[-1] == {"muc#roomconfig_persistentroom": True}
+    out = await run(app, "/config whois", room)
+    assert out == [("Who may discover real JIDs? [muc#roomconfig_whois]: Moderators only", "info")]
+    out = await run(app, "/config nosuchfield 1", room)
+    assert out == [("no field 'nosuchfield' in the room's configuration", "error")]
+    # without a UI, the fields are listed
+    out = await run(app, "/config", room)
+    assert ("Title [muc#roomconfig_roomname]: (empty)", "info") in out
+
+    # not an owner
+    def refuse(profile, room):
+        raise errors.PermissionDenied("room configuration request failed: forbidden (forbidden)")
+
+    bridge.handle("MucConfigGet", refuse)
+    out = await run(app, "/config", room, ui)
+    assert out[0][1] == "error" and out[0][0].startswith(
+        "you may not configure this room: owners only"
+    )
+
+
+def test_new_commands_are_registered_with_help_and_completion():
+    commands = Commands()
+    for name, alias in (
+        ("kick", None),
+        ("ban", None),
+        ("role", None),
+        ("affiliation", "affil"),
+        ("config", "configure"),
+        ("destroy", "destroy_room"),
+        ("questions", "actions"),
+    ):
+        command = commands.get(name)
+        assert command is not None and command.help, name
+        assert command.usage or name == "questions", name
+        if alias:
+            assert commands.get(alias) is command
+    assert commands.help_lines("kick")[0] == "/kick nick [reason]"
+    kinds = commands.arg_kinds()
+    assert kinds["kick"] == kinds["ban"] == kinds["role"] == kinds["affil"] == "nick"
+
+
+# --------------------------------------------------------------------------- daemon's questions
+
+
+def test_question_records():
+    from sat_frontends.quick_frontend.questions import Question
+
+    q = Question(
+        "alice", "a1", {"title": "File", "message": "Accept?", "choices": ["yes", "no"]}, 30, "no"
+    )
+    assert (q.title, q.text, q.choices, q.free_text) == (
+        "File",
+        "Accept?",
+        [("yes", "yes"), ("no", "no")],
+        False,
+    )
+    assert 29 < q.remaining() <= 30 and "then the default answer: no" in q.status_text()
+    q = Question("alice", "a2", {"type": "confirm", "question": "Trust?"}, 10, "no")
+    assert q.choices == [("yes", "yes"), ("no", "no")] and q.text == "Trust?"
+    q = Question(
+        "alice",
+        "a3",
+        {"type": "subscription", "from": BOB, "choices": [{"value": "a", "label": "Accept"}]},
+        10,
+        "",
+    )
+    assert q.text == f"a presence subscription request from {BOB}" and q.choices == [
+        ("a", "Accept")
+    ]
+    q = Question("alice", "a4", {"title": "Only a title"}, 10, "x")
+    assert q.text == "Only a title" and q.title == "" and q.free_text
+    q = Question("alice", "a5", {"message": "Fill", "form": ROOM_FORM}, 10, "")
+    assert q.form is not None and not q.choices and not q.free_text
+    answer = q.form_answer({"muc#roomconfig_roomname": "x"})
+    import json
+
+    decoded = json.loads(answer)
+    assert decoded["muc#roomconfig_roomname"] == "x" and decoded["muc#roomconfig_lang"] == "en"
+
+
+@asyncio_test
+async def test_questions_answered_expired_and_pending_at_login():
+    import asyncio
+
+    from sat_frontends.bridge import errors
+
+    bridge = make_bridge()
+    answered = {}
+
+    def answer(profile, action_id, value):
+        if action_id not in ("a1", "old"):
+            raise errors.NotFound(f"no pending action {action_id!r}")
+        answered[action_id] = value
+
+    bridge.handle("ActionAnswer", answer)
+    bridge.handle(
+        "ActionsPendingGet",
+        lambda profile: [
+            {"id": "old", "data": {"message": "Asked before"}, "default": "n", "remaining": 5.0}
+        ],
+    )
+    app = QuickApp(bridge)
+    await app.start()
+    seen, done = [], []
+    app.events.on("action", lambda session, q: seen.append(q))
+    app.events.on("action_done", done.append)
+    await app.login("alice")
+    # a question asked before the login is there
+    assert [q.id for q in seen] == ["old"] and seen[0].text == "Asked before"
+    assert 4 < seen[0].remaining() <= 5
+    bridge.emit(
+        "ActionNew", "alice", "a1", {"message": "Accept?", "choices": ["yes", "no"]}, 30.0, "no"
+    )
+    bridge.emit("ActionNew", "other", "zz", {"message": "not ours"}, 30.0, "no")
+    question = seen[-1]
+    assert question.id == "a1" and app.notifications.total == 2
+    assert "the daemon asks: Accept?" in app.console.messages[-1].body
+    assert await app.answer_question(question, "yes")
+    assert answered["a1"] == "yes" and question.state == "answered" and done == [question]
+    assert not await app.answer_question(question, "again")  # answered once only
+    # the daemon takes the default: the question expires
+    bridge.emit("ActionNew", "alice", "a2", {"message": "Trust?"}, 30.0, "no")
+    bridge.emit("ActionExpired", "alice", "a2", "no")
+    assert done[-1].id == "a2" and done[-1].state == "expired" and done[-1].answer == "no"
+    # answered by another frontend: the daemon does not know it any more
+    bridge.emit("ActionNew", "alice", "a3", {"message": "Again?"}, 30.0, "no")
+    assert not await app.answer_question(seen[-1], "yes")
+    assert seen[-1].state == "gone"
+    # a lost ActionExpired: the question still ends here after its time
+    bridge.emit("ActionNew", "alice", "a4", {"message": "Quick?"}, 0.05, "no")
+    await asyncio.sleep(2.2)
+    assert seen[-1].state == "expired"
+    assert [q.id for q in app.pending_questions()] == ["old"]
+
+
+# --------------------------------------------------------------------------- daemon restart
+
+
+@asyncio_test
+async def test_daemon_disappears_and_comes_back():
+    import asyncio
+
+    bridge = make_bridge()
+    joins = []
+
+    def muc_join(profile, room, nick, options):
+        joins.append((profile, room, nick))
+        return {"room": room, "nick": nick, "occupants": [{"nick": nick}]}
+
+    bridge.handle("MucRoomsJoined", lambda profile: [])
+    bridge.handle("MucJoin", muc_join)
+    bridge.handle("MucLeave", lambda profile, room, status: None)
+    bridge.handle("ActionAnswer", lambda profile, action_id, value: None)
+    app = QuickApp(bridge)
+    await app.start()
+    states = []
+    app.events.on("daemon", states.append)
+    session = await app.login("other", "secret")
+    await app.join("other", ROOM, "me")
+    other_room = "other@conference.example.org"
+    await app.join("other", other_room, "me")
+    await app.leave(app.get_conversation("other", other_room))
+    bridge.emit("MucRoomLeft", "other", other_room, {"reason": "left"})
+    bridge.emit("ActionNew", "other", "q1", {"message": "Accept?"}, 30.0, "no")
+    question = app.pending_questions()[0]
+    bridge.emit("PresenceUpdate", "other", f"{BOB}/pc", "", 0, {})
+    # the daemon stops: rooms it said it left are kept to be joined again
+    bridge.emit("MucRoomLeft", "other", ROOM, {"reason": "disconnected"})
+    bridge.daemon_state(False)
+    assert states == [False] and not app.daemon_available
+    assert not session.connected and not session.contacts.rooms
+    assert question.state == "gone" and not app.pending_questions()
+    assert "daemon disconnected" in app.console.messages[-1].body
+    # the daemon is back: the profile is logged in again (with its password), reloaded,
+    # and the room joined again
+    bridge.rosters["other"] = [{"jid": "new@example.org", "name": "New"}]
+    connects = len(bridge.called("ProfileConnect"))
+    bridge.daemon_state(True)
+    for _ in range(50):
+        await asyncio.sleep(0.01)
+        if states == [False, True]:
+            break
+    assert states == [False, True] and app.daemon_available
+    assert bridge.called("ProfileConnect")[connects:] == [("other", "secret")]
+    assert session.connected and session.ready
+    assert session.contacts.get("new@example.org") is not None
+    assert joins[-1] == ("other", ROOM, "me") and len(joins) == 3  # not the room left
+    assert ROOM in session.contacts.rooms
+    # a profile that cannot be logged in again is reported, the others go on
+    bridge.daemon_state(False)
+    bridge.profiles["other"]["password"] = "changed"
+    bridge.daemon_state(True)
+    for _ in range(50):
+        await asyncio.sleep(0.01)
+        if states[-1] is True and len(states) == 4:
+            break
+    assert not session.connected
+    assert any("could not be logged in again" in m.body for m in app.console.messages)
