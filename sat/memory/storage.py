@@ -60,6 +60,19 @@ lose the last transactions committed before it (never corrupting the file),
 which is the usual trade for a ~10x faster commit than ``synchronous=FULL``.
 ``tests/unit/test_storage_crash.py`` checks the kill -9 case.
 
+Full-text indexing
+------------------
+Live messages (:meth:`Storage.history_add`) are written by one ``INSERT`` in its own
+implicit transaction and indexed for full-text search a little later
+(:data:`FTS_INDEX_DELAY`), many at a time: indexing in the same transaction doubled the
+cost of each commit (FTS5 writes a new index segment per transaction) on the path of
+every received message, and each extra statement is one more wait for the GIL on the
+database thread while the reactor thread is busy. Nobody sees the lag: every job that
+reads the index or changes what it covers (a search, a body edit, a deletion, a batch
+insert, closing) first indexes what is pending (:meth:`Storage._fts_sync`), in order on
+the same thread. After a crash, the rows left unindexed are found on the next open
+(everything above the index's highest rowid).
+
 Errors
 ------
 ``sqlite3`` errors never escape: disk full (``SQLITE_FULL``), I/O errors,
@@ -126,7 +139,6 @@ HISTORY_FIELDS = (
     "extra",
     "outgoing",
 )
-_BODY_AT = HISTORY_FIELDS.index("body")
 MESSAGE_TYPES = frozenset({"chat", "groupchat", "normal", "headline"})
 
 #: milliseconds a statement waits for a lock held by another connection
@@ -142,7 +154,16 @@ _FTS_INDEX_AFTER = (
     "INSERT INTO history_fts(rowid, body) "
     "SELECT id, body FROM history WHERE id > ? AND body IS NOT NULL"
 )
-_FTS_INDEX_ONE = "INSERT INTO history_fts(rowid, body) VALUES (?, ?)"
+#: full-text indexing of every row not indexed yet. FTS5 keeps one ``history_fts_docsize``
+#: row per indexed document, keyed by its rowid (our history id): its highest id is where the
+#: index stops. Rows are always indexed in id order, so everything above it is to do.
+_FTS_CATCH_UP = (
+    "INSERT INTO history_fts(rowid, body) SELECT id, body FROM history "
+    "WHERE id > (SELECT coalesce(max(id), 0) FROM history_fts_docsize) AND body IS NOT NULL"
+)
+#: seconds between a live message's storage and its full-text indexing (see
+#: "Full-text indexing" in the module doc)
+FTS_INDEX_DELAY = 0.5
 _LAST_HISTORY_ID = "SELECT coalesce(max(id), 0) FROM history"
 _HISTORY_INSERT = (
     f"INSERT INTO history (profile_id, {', '.join(HISTORY_FIELDS)}) "
@@ -416,6 +437,10 @@ class Storage:
         self._param_generation = 0
         # callbacks told of every newly stored message, see add_stored_listener
         self._stored_listeners: tuple[Callable[[str, dict], None], ...] = ()
+        # full-text indexing left to do (database thread; True after opening: a crash may
+        # have left some) and its timer (reactor thread), see "Full-text indexing"
+        self._fts_behind = True
+        self._fts_timer = None
 
     # -- plumbing
 
@@ -453,10 +478,29 @@ class Storage:
                     conn.execute("ROLLBACK")
                 except sqlite3.Error:
                     log.exception("rollback failed on %s", self.path)
-            # cached ids may come from rows that the rollback removed
+            # cached ids may come from rows that the rollback removed, and a full-text
+            # catch-up done in the transaction is undone
             self._profile_ids.clear()
+            self._fts_behind = True
             raise
         return result
+
+    def _fts_sync(self, required: bool = True) -> None:
+        """On the database thread: index the live rows not indexed yet (see "Full-text
+        indexing"). Called first by every job that reads the index or changes what it
+        covers: a body changed or a row deleted while missing from the index would corrupt
+        it. Inside a write transaction, it is part of it. ``required`` False (a search,
+        closing): a failure (disk full...) is logged, the job goes on."""
+        if not self._fts_behind:
+            return
+        try:
+            self._conn.execute(_FTS_CATCH_UP)
+        except sqlite3.Error as exc:
+            if required:
+                raise
+            log.warning("storage %s: full-text indexing postponed: %s", self.path, exc)
+            return
+        self._fts_behind = False
 
     async def _call(self, func: Callable, *args, **kwargs):
         return await self._submit(func, *args, **kwargs)
@@ -584,6 +628,9 @@ class Storage:
             except (ValueError, KeyError):
                 pass
             self._shutdown_trigger = None
+        if self._fts_timer is not None and self._fts_timer.active():
+            self._fts_timer.cancel()  # the closing job indexes what is pending
+        self._fts_timer = None
         d = self._submit(self._close_db)
         self._state = "closed"
         self._db.stop()
@@ -594,9 +641,10 @@ class Storage:
         return defer.ensureDeferred(self.close())
 
     def _close_db(self) -> None:
-        conn, self._conn = self._conn, None
-        if conn is None:
+        if self._conn is None:
             return
+        self._fts_sync(required=False)
+        conn, self._conn = self._conn, None
         try:
             conn.execute("PRAGMA optimize")
             conn.execute("PRAGMA wal_checkpoint(TRUNCATE)")
@@ -610,8 +658,9 @@ class Storage:
 
         def run():
             self._write(
-                lambda: self._conn.execute(
-                    "INSERT INTO history_fts(history_fts) VALUES ('optimize')"
+                lambda: (
+                    self._fts_sync(),
+                    self._conn.execute("INSERT INTO history_fts(history_fts) VALUES ('optimize')"),
                 )
             )
             self._conn.execute("PRAGMA optimize")
@@ -645,6 +694,7 @@ class Storage:
         name = _check_name(name, "profile name")
 
         def run():
+            self._fts_sync()  # its history goes too
             cur = self._conn.execute("DELETE FROM profiles WHERE name = ?", (name,))
             self._profile_ids.pop(name, None)
             if cur.rowcount == 0:
@@ -947,7 +997,19 @@ class Storage:
             done.addCallbacks(
                 self._history_add_fan_out, self._history_add_fail, (batch,), None, (batch,), None
             )
+        if self._fts_timer is None:
+            self._fts_timer = self._reactor.callLater(FTS_INDEX_DELAY, self._fts_index_pending)
         return d
+
+    def _fts_index_pending(self) -> None:
+        """Reactor thread, :data:`FTS_INDEX_DELAY` after a live insert: queue a job that
+        indexes the rows waiting for it (any job does, see :meth:`_guarded`)."""
+        self._fts_timer = None
+        if self._state != "open" or self._db is None:
+            return
+        self._submit(self._write, self._fts_sync).addErrback(
+            lambda f: log.warning("storage %s: full-text indexing failed: %s", self.path, f.value)
+        )
 
     def add_stored_listener(self, callback: Callable[[str, dict], None]) -> None:
         """Call ``callback(profile, message)`` for every message newly stored (not a duplicate)
@@ -984,11 +1046,14 @@ class Storage:
         with self._add_lock:
             if self._add_batch is batch:
                 self._add_batch = None
+        # indexed for full-text search later (see "Full-text indexing"), even if this fails
+        self._fts_behind = True
         if len(batch) > 1:
             try:
                 return self._write(
                     self._insert_rows,
                     [(self._profile_id(profile), *row) for profile, row, _ in batch],
+                    False,
                 )
             except Exception:
                 pass  # retried row by row below
@@ -997,17 +1062,18 @@ class Storage:
         results = []
         for profile, row, _ in batch:
             try:
-                results.append(
-                    self._guarded(self._write, self._insert_one, self._profile_id(profile), row)
-                )
+                results.append(self._guarded(self._insert_one, self._profile_id(profile), row))
             except Exception as exc:
                 results.append(exc)
         return results
 
-    def _insert_rows(self, rows: list[tuple]) -> list[bool]:
-        """On the database thread, in a transaction: insert (profile id, *row) tuples and
-        index the new ones for full-text search; True for each new row."""
+    def _insert_rows(self, rows: list[tuple], index: bool = True) -> list[bool]:
+        """On the database thread, in a transaction: insert (profile id, *row) tuples and,
+        if ``index``, index the new ones for full-text search; True for each new row."""
         execute = self._conn.execute
+        if not index:
+            return [execute(_HISTORY_INSERT, row).rowcount > 0 for row in rows]
+        self._fts_sync()
         last = execute(_LAST_HISTORY_ID).fetchone()[0]
         added = [execute(_HISTORY_INSERT, row).rowcount > 0 for row in rows]
         if any(added):
@@ -1015,14 +1081,10 @@ class Storage:
         return added
 
     def _insert_one(self, pid: int, row: tuple) -> bool:
-        """On the database thread, in a transaction: one row and its full-text entry."""
-        cur = self._conn.execute(_HISTORY_INSERT, (pid, *row))
-        if cur.rowcount <= 0:
-            return False
-        body = row[_BODY_AT]
-        if body is not None:
-            self._conn.execute(_FTS_INDEX_ONE, (cur.lastrowid, body))
-        return True
+        """On the database thread: one row, by one statement in its own implicit transaction
+        (the connection is in autocommit mode): a single call into SQLite, a single wait for
+        the GIL when it returns. Not indexed yet for full-text search."""
+        return self._conn.execute(_HISTORY_INSERT, (pid, *row)).rowcount > 0
 
     @staticmethod
     def _history_add_fan_out(results: list, batch: list) -> None:
@@ -1271,6 +1333,7 @@ class Storage:
             return []
 
         def run():
+            self._fts_sync(required=False)
             conn = self._conn
             conds = ["h.profile_id = ?"]
             args: list[Any] = [self._profile_id(profile)]
@@ -1540,6 +1603,7 @@ class Storage:
 
         def run():
             row_id, extra, text = self._merge_extra(profile, uid, extra_updates)
+            self._fts_sync()
             self._conn.execute(
                 "UPDATE history SET body = ?, extra = ? WHERE id = ?", (body, text, row_id)
             )
@@ -1699,6 +1763,7 @@ class Storage:
         uid = _check_name(uid, "uid")
 
         def run():
+            self._fts_sync()
             cur = self._conn.execute(
                 "DELETE FROM history WHERE profile_id = ? AND uid = ?",
                 (self._profile_id(profile), uid),

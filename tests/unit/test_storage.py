@@ -14,6 +14,7 @@ from twisted.internet import defer
 
 from sat.core.errors import AlreadyExists, InvalidArgument, NotFound, StorageError
 from sat.memory import migrations
+from sat.memory import storage as storage_mod
 from sat.memory.storage import Storage, fts_query
 
 ME = "louise@example.org"
@@ -840,6 +841,72 @@ async def test_every_insert_path_indexes_bodies_once(storage):
     assert len(found) == 8
     # the index agrees with the table (FTS5's own check for external content tables)
     await sql(storage, "INSERT INTO history_fts(history_fts) VALUES ('integrity-check')")
+
+
+async def raw(storage: Storage, query: str, args=()):
+    """Like :func:`sql` but not as a storage job: sees the index before any catch-up."""
+    return await storage._db.submit(lambda: storage._conn.execute(query, args).fetchall())
+
+
+async def integrity_check(storage: Storage) -> None:
+    """FTS5's check of the index against the table (raises if they disagree)."""
+    await raw(storage, "INSERT INTO history_fts(history_fts, rank) VALUES ('integrity-check', 1)")
+
+
+@pytest_twisted.ensureDeferred
+async def test_live_messages_are_indexed_before_any_other_job(storage, monkeypatch):
+    monkeypatch.setattr(storage_mod, "FTS_INDEX_DELAY", 600)  # no timer during the test
+    assert await storage.history_add("louise", msg("late heron", uid="h1"))
+    # stored, not indexed yet
+    assert await raw(storage, "SELECT count(*) FROM history_fts_docsize") == [(0,)]
+    # a search sees it all the same: the job indexes what is pending first
+    assert [m["uid"] for m in await storage.history_search("louise", "heron")] == ["h1"]
+    await integrity_check(storage)
+    # an edit of a row not indexed yet (a correction right after the message) keeps the
+    # index right: the old words are gone, the new ones found
+    assert await storage.history_add("louise", msg("first drafty", uid="c1"))
+    await storage.history_update_body("louise", "c1", "second version")
+    await integrity_check(storage)
+    assert await storage.history_search("louise", "drafty") == []
+    assert [m["uid"] for m in await storage.history_search("louise", "version")] == ["c1"]
+    # a deletion too
+    await storage.profile_create("bob")
+    assert await storage.history_add("bob", msg("doomed heron", uid="d1"))
+    await storage.profile_delete("bob")
+    await integrity_check(storage)
+    assert [m["uid"] for m in await storage.history_search("louise", "heron")] == ["h1"]
+
+
+@pytest_twisted.ensureDeferred
+async def test_live_messages_are_indexed_after_a_short_delay(storage, monkeypatch):
+    from twisted.internet import reactor, task
+
+    monkeypatch.setattr(storage_mod, "FTS_INDEX_DELAY", 0.05)
+    for i in range(3):
+        assert await storage.history_add("louise", msg(f"idle puffin {i}", uid=f"p{i}"))
+    # no other job: the timer indexes them, in one go
+    await task.deferLater(reactor, 0.3, lambda: None)
+    ids = {r[0] for r in await raw(storage, "SELECT id FROM history")}
+    assert {r[0] for r in await raw(storage, "SELECT id FROM history_fts_docsize")} == ids
+    await integrity_check(storage)
+
+
+@pytest_twisted.ensureDeferred
+async def test_index_behind_after_a_crash_is_caught_up_on_open(tmp_path, monkeypatch):
+    monkeypatch.setattr(storage_mod, "FTS_INDEX_DELAY", 600)
+    path = tmp_path / "sat.db"
+    first = Storage(path)
+    await first.initialise()
+    await first.profile_create("louise")
+    assert await first.history_add("louise", msg("crashed gannet", uid="g1"))
+    # "crash": the first storage never indexes nor closes; another one opens the file
+    second = Storage(path)
+    await second.initialise()
+    assert [m["uid"] for m in await second.history_search("louise", "gannet")] == ["g1"]
+    await integrity_check(second)
+    await second.close()
+    first._fts_behind = False  # what a dead process would do: nothing more
+    await first.close()
 
 
 @pytest_twisted.ensureDeferred

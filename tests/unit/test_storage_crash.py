@@ -23,6 +23,8 @@ import time
 from collections import Counter
 from pathlib import Path
 
+from sat.memory import storage as storage_mod
+
 ROOT = Path(__file__).resolve().parents[2]
 BATCH = 50
 
@@ -139,6 +141,12 @@ def _check(path: Path, acked: list[str]) -> int:
     conn = sqlite3.connect(path)
     try:
         assert conn.execute("PRAGMA integrity_check").fetchall() == [("ok",)]
+        # the full-text index itself is sound; it may be behind the table (live messages
+        # are indexed a little later): the next open catches up with this statement, after
+        # which it matches the table exactly
+        conn.execute("INSERT INTO history_fts(history_fts, rank) VALUES ('integrity-check', 0)")
+        conn.execute(storage_mod._FTS_CATCH_UP)
+        conn.commit()
         conn.execute("INSERT INTO history_fts(history_fts, rank) VALUES ('integrity-check', 1)")
         (pid,) = conn.execute("SELECT id FROM profiles WHERE name = 'louise'").fetchone()
         assert conn.execute(
