@@ -25,6 +25,10 @@ POINTS = {
     "presence_send": "(client, presence_elt): before our presence goes out (add <c/>, <x/>...)",
     "message_send": "(client, message_elt, data): before a message goes out",
     "message_received": "(client, message_elt, data): a message arrived, before storing",
+    "message_stored": "(client, data, new): a received message is stored (new) or was "
+    "already (duplicate); synchronous callbacks, for what must wait until the message is "
+    "safe (a delivery receipt). No stanza: keeping it alive until the storage answers cost "
+    "more garbage collection than the rest of its journey",
     "presence_received": "(client, presence_elt): a presence arrived",
     "stream_ready": "(client): stream authenticated, bound and ready (also after resumption)",
 }
@@ -73,6 +77,10 @@ class Hooks:
 
     def remove(self, point: str, callback: Callable) -> None:
         self._hooks[point] = tuple(e for e in self._hooks[point] if e.callback != callback)
+
+    def has(self, point: str) -> bool:
+        """Whether any callback is registered at ``point``."""
+        return bool(self._hooks[point])
 
     def run_sync(self, point: str, *args) -> bool:
         """Run a point whose callbacks are all synchronous; False if one stopped the chain."""

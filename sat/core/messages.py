@@ -160,10 +160,12 @@ class MessageHandling:
             if started is None:
                 return
             if isinstance(started, dict):
-                d = self._store_and_signal(client, started)
+                d = self._store_and_signal(client, started, True)
             else:
                 d = defer.ensureDeferred(started).addCallback(
-                    lambda data: None if data is None else self._store_and_signal(client, data)
+                    lambda data: (
+                        None if data is None else self._store_and_signal(client, data, True)
+                    )
                 )
         except Exception:
             d = defer.fail()
@@ -179,7 +181,7 @@ class MessageHandling:
         if data is not None and not isinstance(data, dict):
             data = await data
         if data is not None:
-            await self._store_and_signal(client, data)
+            await self._store_and_signal(client, data, True)
 
     def _start_received(self, client, elt: domish.Element, extra: dict | None):
         """Parse a received message and run the hooks: the data to store, None (dropped),
@@ -242,17 +244,27 @@ class MessageHandling:
     async def store_and_signal(self, client, data: dict) -> None:
         await self._store_and_signal(client, data)
 
-    def _store_and_signal(self, client, data: dict) -> defer.Deferred:
-        """Store a message (duplicates dropped) and tell the frontends; a Deferred."""
+    def _store_and_signal(self, client, data: dict, received: bool = False) -> defer.Deferred:
+        """Store a message (duplicates dropped) and tell the frontends; a Deferred.
+
+        For a ``received`` message, the ``message_stored`` hooks run next (after the
+        signal: what they send, such as a receipt, is not on the path of the message to
+        the frontends). The stanza is not kept until then (see the hook point)."""
         d = self.host.storage.history_add_deferred(client.profile, data)
         d.addCallback(self._signal_stored, client.profile, data)
+        if received and self.host.hooks.has("message_stored"):
+            d.addCallback(self._run_stored_hooks, client, data)
         return d
 
-    def _signal_stored(self, stored: bool, profile: str, data: dict) -> None:
+    def _signal_stored(self, stored: bool, profile: str, data: dict) -> bool:
         if not stored:
             log.debug("[%s] duplicate message %s ignored", profile, data["uid"])
-            return
+            return stored
         self.host.bridge.emit("MessageNew", profile, signal_data(data))
+        return stored
+
+    def _run_stored_hooks(self, stored: bool, client, data: dict) -> None:
+        self.host.hooks.run_sync("message_stored", client, data, stored)
 
     async def update(
         self, profile: str, uid: str, update_type: str, extra_updates: dict, data=None

@@ -225,6 +225,7 @@ class ReceiptsPlugin(Plugin):
                 params.declare(definition)
         host.hooks.add("message_send", self._on_send, PRIORITY)
         host.hooks.add("message_received", self._on_received, PRIORITY, namespaces=[NS_RECEIPTS])
+        host.hooks.add("message_stored", self._on_stored, PRIORITY)
 
     def get_handler(self, client):
         return ReceiptsHandler()
@@ -361,20 +362,31 @@ class ReceiptsPlugin(Plugin):
         self._send_receipt(client, elt, data, sender, msg_id, allowed)
 
     def _send_receipt(self, client, elt, data, sender: str, msg_id: str, allowed: bool) -> None:
+        """Decide to acknowledge; the receipt itself goes once the message is stored
+        (:meth:`_on_stored`): "received" then means kept, and a message that a later hook
+        drops, or that cannot be stored (disk full), is not acknowledged."""
         if not allowed:
             log.debug(
                 "[%s] no receipt to %s (not allowed to see our presence)", client.profile, sender
             )
             return
         extra = data["extra"]
-        ack = domish.Element((None, "message"))
-        ack["to"] = sender
-        ack["id"] = new_uid()
-        if elt.getAttribute("type") in ("chat", "normal", "headline"):
-            ack["type"] = elt["type"]
-        ack.addElement((NS_RECEIPTS, "received"))["id"] = msg_id
-        client.send(ack)
         extra["receipt_sent"] = True
+        extra.setdefault("message_id", msg_id)  # what the receipt names (XEP-0359 sets it too)
+
+    def _on_stored(self, client, data: dict, _new: bool) -> None:
+        """Send the receipt decided by :meth:`_answer` (also for a duplicate: the sender
+        is still waiting for it, e.g. after a stream resumption re-sent the message)."""
+        extra = data["extra"]
+        if not extra.get("receipt_sent"):
+            return
+        ack = domish.Element((None, "message"))
+        resource = data["source_resource"]
+        ack["to"] = f"{data['source']}/{resource}" if resource else data["source"]
+        ack["id"] = new_uid()
+        ack["type"] = data["type"]  # chat, normal or headline: never a room's
+        ack.addElement((NS_RECEIPTS, "received"))["id"] = extra["message_id"]
+        client.send(ack)
 
 
 PLUGIN = ReceiptsPlugin

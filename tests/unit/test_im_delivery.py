@@ -27,6 +27,7 @@ from wokkel.generic import parseXml
 from wokkel.test import helpers as wokkel_helpers
 
 from sat.core import errors
+from sat.core.errors import StorageError
 from sat.core.hooks import Hooks
 from sat.core.messages import MessageHandling
 from sat.memory.params import Params
@@ -655,6 +656,33 @@ async def test_receipts_answered_only_to_allowed_contacts(env):
     env.client.clear()
     await env.host.params.set("privacy", "receipts", "nobody", PROFILE)
     await env.receive(msg(ROMEO_FULL, "friend again", id_="f2", children=request))
+    assert env.client.sent() == []
+
+
+@pytest_twisted.ensureDeferred
+async def test_receipt_goes_once_the_message_is_stored(env):
+    befriend(env, ROMEO)
+    request = f"<request xmlns='{NS_RECEIPTS}'/><origin-id xmlns='{NS_SID}' id='o-k1'/>"
+    order = []
+    real_emit, real_send = env.bridge.emit, env.client.send
+    env.bridge.emit = lambda name, *args: (order.append(("signal", name)), real_emit(name, *args))
+    env.client.send = lambda elt: (order.append(("sent", elt.name)), real_send(elt))
+    await env.receive(msg(ROMEO_FULL, "keep me", id_="k1", children=request))
+    (stored,) = await env.history()
+    assert stored["extra"]["receipt_sent"] is True
+    # the frontends hear of the message before the receipt leaves
+    assert order == [("signal", "MessageNew"), ("sent", "message")]
+    # the same message again (a resumed stream re-sends it): acknowledged again, stored once
+    env.client.clear()
+    await env.receive(msg(ROMEO_FULL, "keep me", id_="k1", children=request))
+    assert len(env.client.sent()) == 1 and len(await env.history()) == 1
+    # a message that cannot be stored is not acknowledged
+    env.client.clear()
+    await env.storage.close()
+    with pytest.raises(StorageError):
+        await env.receive(
+            msg(ROMEO_FULL, "lost", id_="k2", children=request.replace("o-k1", "o-k2"))
+        )
     assert env.client.sent() == []
 
 
