@@ -207,6 +207,63 @@ def test_dispatch_skips_other_roots_but_keeps_twisted_semantics():
     assert len(seen) == 3 and seen[-1].name == "presence"  # the observer added meanwhile
 
 
+def test_prefiltered_dispatch_picks_the_observers_twisted_would():
+    from twisted.words.protocols.jabber import xmlstream
+    from twisted.words.xish import xpath
+
+    from sat.core.xmpp.client import SatXmlStream
+
+    queries = [
+        "/message",
+        "/message[@type='error']",
+        "/message/result[@xmlns='urn:xmpp:mam:2']",
+        "/message/event[@xmlns='urn:e']",
+        "/message/event[@xmlns='urn:e']/items[@node='n']",
+        "/message/body",
+        "/message/x/event",
+        "/iq[@type='get']/query[@xmlns='urn:q']",
+        "/iq/query",
+        "/*",
+        "//event",
+    ]
+    stanzas = [
+        "<message><body>x</body></message>",
+        "<message type='error'><error/></message>",
+        "<message><result xmlns='urn:xmpp:mam:2'/></message>",
+        "<message><result xmlns='urn:other'/></message>",
+        "<message><event xmlns='urn:e'><items node='n'/></event></message>",
+        "<message><event xmlns='urn:e'><items node='m'/></event></message>",
+        "<message><event xmlns='urn:f'/></message>",
+        "<message><x><event xmlns='urn:e'/></x>text</message>",
+        "<iq type='get' id='1'><query xmlns='urn:q'/></iq>",
+        "<iq type='set' id='2'><query xmlns='urn:q'/></iq>",
+        "<iq type='get' id='3'><query xmlns='urn:r'/></iq>",
+        "<presence><event xmlns='urn:e'/></presence>",
+    ]
+    xs = SatXmlStream(xmlstream.Authenticator())
+    xs._initializeStream()
+    seen = []
+    for query in queries:
+        xs.addObserver(query, lambda e, q=query: seen.append(q))
+    xs.dataReceived(HEADER)
+    for text in stanzas:
+        seen.clear()
+        xs.dataReceived(text.encode())
+        # the oracle: Twisted's own XPath evaluation of every query on the same stanza
+        element = _parse_one(text)
+        expected = [q for q in queries if xpath.internQuery(q).matches(element)]
+        assert sorted(seen) == sorted(expected), text
+
+
+def _parse_one(text: str):
+    got = []
+    stream = ElementStream()
+    stream.DocumentStartEvent = lambda root: None
+    stream.ElementEvent = got.append
+    stream.parse(HEADER + text.encode())
+    return got[0]
+
+
 def test_prefixed_stream_elements_match_twisted():
     doc = [
         HEADER,
