@@ -39,6 +39,7 @@ from xml.sax.saxutils import escape
 
 from bench.common import (
     FLOOD_PREFIX,
+    CpuMeter,
     DaemonSession,
     RawXMPP,
     Worker,
@@ -146,17 +147,39 @@ async def bench_throughput(ctx) -> list[Row]:
         workers.append(raw)
         sender.connect()
 
-        async def run_worker(worker: Worker, n: int, payload: bytes) -> float:
+        # CPU µs per message of each party, to show where a flood's time goes when all
+        # of them share the machine's cores
+        cpu: dict[str, list[float]] = {}
+
+        def account_cpu(prefix: str, meter: CpuMeter, n: int) -> None:
+            for name, seconds in meter.stop().items():
+                cpu.setdefault(f"{prefix} {name}", []).append(seconds / n * 1e6)
+
+        async def run_worker(worker: Worker, n: int, payload: bytes, measured: bool) -> float:
             worker.send(f"expect {n}")
             await worker.read(10)  # armed
+            meter = CpuMeter({"receiver": worker.pid, "prosody": server.pid}).start()
             t0 = await _flood(sender, payload)
             reply = await worker.read(limit)
+            if measured:
+                account_cpu(worker.kind, meter, n)
             return n / (reply["last"] - t0)
 
-        async def run_ours(n: int, payload: bytes) -> float:
+        async def run_ours(n: int, payload: bytes, measured: bool) -> float:
             sink.arm(n)
+            meter = CpuMeter(
+                {
+                    "receiver": session.pid,
+                    "prosody": server.pid,
+                    "dbus-daemon": ctx.bus().pid,
+                    "D-Bus client": None,
+                }
+            ).start()
             t0 = await _flood(sender, payload)
-            return n / (await sink.wait(limit) - t0)
+            rate = n / (await sink.wait(limit) - t0)
+            if measured:
+                account_cpu("ours", meter, n)
+            return rate
 
         rates: dict[str, list[float]] = {"ours": [], "slix": [], "raw": []}
         daemon_failed = False
@@ -168,12 +191,16 @@ async def bench_throughput(ctx) -> list[Row]:
             if not daemon_failed:
                 # a daemon that lost messages or its bus is reported, the baselines still run
                 try:
-                    current["ours"] = await run_ours(n, flood_bytes(ours_jid, n, tag))
+                    current["ours"] = await run_ours(
+                        n, flood_bytes(ours_jid, n, tag), run.measured
+                    )
                 except RuntimeError as e:
                     daemon_failed = True
                     ctx.error(f"run {tag}: {e}")
-            current["slix"] = await run_worker(slix, n, flood_bytes(slix.ready, n, tag))
-            current["raw"] = await run_worker(raw, n, flood_bytes(raw.ready, n, tag))
+            current["slix"] = await run_worker(
+                slix, n, flood_bytes(slix.ready, n, tag), run.measured
+            )
+            current["raw"] = await run_worker(raw, n, flood_bytes(raw.ready, n, tag), run.measured)
             ctx.log("  " + ", ".join(f"{k} {v:,.0f}/s" for k, v in current.items()))
             if run.measured:
                 for key, value in current.items():
@@ -200,6 +227,46 @@ async def bench_throughput(ctx) -> list[Row]:
             rates["raw"],
             "msg/s",
             baseline_name="raw socket receiver (limit)",
+        ),
+        Row(
+            "flood CPU/msg: receiving process",
+            cpu.get("ours receiver"),
+            cpu.get("slix-recv receiver"),
+            "µs",
+            higher_is_better=False,
+            baseline_name="bare slixmpp receiver",
+            note="all threads of the receiving process, first byte sent to last message handled",
+        ),
+        Row(
+            "flood CPU/msg: Prosody",
+            cpu.get("ours prosody"),
+            cpu.get("slix-recv prosody"),
+            "µs",
+            higher_is_better=False,
+            baseline_name="Prosody, flood to slixmpp",
+        ),
+        Row(
+            "flood CPU/msg: Prosody vs raw socket receiver",
+            cpu.get("ours prosody"),
+            cpu.get("raw-recv prosody"),
+            "µs",
+            higher_is_better=False,
+            baseline_name="Prosody, flood to a raw socket",
+        ),
+        Row(
+            "flood CPU/msg: dbus-daemon (MessageNew relay)",
+            cpu.get("ours dbus-daemon"),
+            None,
+            "µs",
+            higher_is_better=False,
+        ),
+        Row(
+            "flood CPU/msg: D-Bus client (MessageNew received)",
+            cpu.get("ours D-Bus client"),
+            None,
+            "µs",
+            higher_is_better=False,
+            note="the benchmark's own main thread: a frontend's share",
         ),
     ]
 

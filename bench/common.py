@@ -81,6 +81,39 @@ def rss_kb(pid: int) -> int:
     raise RuntimeError(f"no VmRSS for pid {pid}")
 
 
+def cpu_seconds(pid: int) -> float:
+    """User + system CPU time a process has used so far, all its threads (``/proc/PID/stat``)."""
+    with open(f"/proc/{pid}/stat", encoding="ascii", errors="replace") as f:
+        fields = f.read().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+class CpuMeter:
+    """CPU seconds each named process uses between :meth:`start` and :meth:`stop`.
+
+    ``None`` as a pid means the calling thread (``time.thread_time``: call both ends from
+    the same thread). Used to show where a
+    flood's CPU goes (daemon, Prosody, dbus-daemon, the D-Bus client) on a machine whose
+    cores are all shared by the parties of the benchmark.
+    """
+
+    def __init__(self, pids: dict[str, int | None]):
+        self.pids = pids
+        self._at: dict[str, float] = {}
+        self.used: dict[str, float] = {}
+
+    def _now(self, pid: int | None) -> float:
+        return time.thread_time() if pid is None else cpu_seconds(pid)
+
+    def start(self) -> CpuMeter:
+        self._at = {name: self._now(pid) for name, pid in self.pids.items()}
+        return self
+
+    def stop(self) -> dict[str, float]:
+        self.used = {name: self._now(pid) - self._at[name] for name, pid in self.pids.items()}
+        return self.used
+
+
 def tree_pids(pid: int) -> list[int]:
     """``pid`` and its descendants (from ``/proc/*/stat``)."""
     children: dict[int, list[int]] = {}
