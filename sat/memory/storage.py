@@ -653,6 +653,11 @@ class Storage:
         finally:
             conn.close()
 
+    async def fts_sync(self) -> None:
+        """Index for full-text search the live messages waiting for it, now (they would be
+        within :data:`FTS_INDEX_DELAY`, or by the next job that needs the index)."""
+        await self._submit(self._write, self._fts_sync)
+
     async def optimize(self) -> None:
         """Maintenance for idle times: merge the FTS index segments, refresh planner stats."""
 

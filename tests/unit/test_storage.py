@@ -892,6 +892,16 @@ async def test_live_messages_are_indexed_after_a_short_delay(storage, monkeypatc
 
 
 @pytest_twisted.ensureDeferred
+async def test_fts_sync_indexes_pending_messages_now(storage, monkeypatch):
+    monkeypatch.setattr(storage_mod, "FTS_INDEX_DELAY", 600)
+    assert await storage.history_add("louise", msg("hasty lark", uid="l1"))
+    assert await raw(storage, "SELECT count(*) FROM history_fts_docsize") == [(0,)]
+    await storage.fts_sync()
+    assert await raw(storage, "SELECT count(*) FROM history_fts_docsize") == [(1,)]
+    await integrity_check(storage)
+
+
+@pytest_twisted.ensureDeferred
 async def test_index_behind_after_a_crash_is_caught_up_on_open(tmp_path, monkeypatch):
     monkeypatch.setattr(storage_mod, "FTS_INDEX_DELAY", 600)
     path = tmp_path / "sat.db"
