@@ -150,34 +150,7 @@ def tmux(tmp_path: Path):
 class AskerDaemon(SatDaemon):
     """:class:`SatDaemon` run by ``tests.e2e.asker_daemon`` (test plugins loaded too)."""
 
-    def start(self, timeout: float = 20.0) -> AskerDaemon:
-        self.ready_file.unlink(missing_ok=True)
-        self.process = subprocess.Popen(
-            [
-                sys.executable,
-                "-m",
-                "tests.e2e.asker_daemon",
-                "fg",
-                "--config",
-                str(self.config_path),
-            ],
-            cwd=REPO_ROOT,
-            env=self.env(),
-            stdin=subprocess.DEVNULL,
-            stdout=subprocess.DEVNULL,
-            stderr=open(self.workdir / "stderr.log", "ab"),
-        )
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            if self.process.poll() is not None:
-                raise RuntimeError(
-                    f"daemon exited with {self.process.returncode}:\n{self.log_tail()}"
-                )
-            if self.ready_file.exists():
-                return self
-            time.sleep(0.02)
-        self.kill()
-        raise RuntimeError(f"daemon not ready after {timeout} s:\n{self.log_tail()}")
+    launcher = "tests.e2e.asker_daemon"
 
 
 @pytest.fixture

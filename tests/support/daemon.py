@@ -25,6 +25,9 @@ REPO_ROOT = Path(__file__).resolve().parents[2]
 
 
 class SatDaemon:
+    #: module run with ``python -m ... fg --config FILE`` (tests may run a variant)
+    launcher = "sat.launcher"
+
     def __init__(
         self,
         workdir: str | Path,
@@ -76,7 +79,7 @@ class SatDaemon:
     def start(self, timeout: float = 20.0) -> SatDaemon:
         self.ready_file.unlink(missing_ok=True)
         self.process = subprocess.Popen(
-            [sys.executable, "-m", "sat.launcher", "fg", "--config", str(self.config_path)],
+            [sys.executable, "-m", self.launcher, "fg", "--config", str(self.config_path)],
             cwd=REPO_ROOT,
             env=self.env(),
             stdin=subprocess.DEVNULL,
