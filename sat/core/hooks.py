@@ -27,8 +27,8 @@ POINTS = {
     "message_received": "(client, message_elt, data): a message arrived, before storing",
     "message_stored": "(client, data, new): a received message is stored (new) or was "
     "already (duplicate); synchronous callbacks, for what must wait until the message is "
-    "safe (a delivery receipt). No stanza: keeping it alive until the storage answers cost "
-    "more garbage collection than the rest of its journey",
+    "safe (a delivery receipt). No stanza: keeping it alive until the storage answered cost "
+    "~40 µs per message of garbage collection (bench/pipeline_probe.py)",
     "presence_received": "(client, presence_elt): a presence arrived",
     "stream_ready": "(client): stream authenticated, bound and ready (also after resumption)",
 }

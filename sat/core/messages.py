@@ -120,6 +120,12 @@ def parse_message(elt: domish.Element, own: jabber_jid.JID) -> dict:
     }
 
 
+def full_jid(bare: str, resource: str | None) -> str:
+    """``bare/resource``, or ``bare`` alone without a resource (stored messages keep them
+    apart)."""
+    return f"{bare}/{resource}" if resource else bare
+
+
 def signal_data(data: dict) -> dict:
     """What frontends receive in ``MessageNew`` (an a{sv} record, None dropped)."""
     out = {}
@@ -129,10 +135,8 @@ def signal_data(data: dict) -> dict:
         if key == "extra":
             value = {k: v for k, v in value.items() if v is not None}
         out[key] = value
-    out["from"] = data["source"] + (
-        f"/{data['source_resource']}" if data["source_resource"] else ""
-    )
-    out["to"] = data["dest"] + (f"/{data['dest_resource']}" if data["dest_resource"] else "")
+    out["from"] = full_jid(data["source"], data["source_resource"])
+    out["to"] = full_jid(data["dest"], data["dest_resource"])
     return out
 
 

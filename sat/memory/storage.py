@@ -661,13 +661,12 @@ class Storage:
     async def optimize(self) -> None:
         """Maintenance for idle times: merge the FTS index segments, refresh planner stats."""
 
+        def merge_segments():
+            self._fts_sync()  # first the rows still waiting, or they would stay apart
+            self._conn.execute("INSERT INTO history_fts(history_fts) VALUES ('optimize')")
+
         def run():
-            self._write(
-                lambda: (
-                    self._fts_sync(),
-                    self._conn.execute("INSERT INTO history_fts(history_fts) VALUES ('optimize')"),
-                )
-            )
+            self._write(merge_segments)
             self._conn.execute("PRAGMA optimize")
 
         await self._call(run)
@@ -1008,7 +1007,7 @@ class Storage:
 
     def _fts_index_pending(self) -> None:
         """Reactor thread, :data:`FTS_INDEX_DELAY` after a live insert: queue a job that
-        indexes the rows waiting for it (any job does, see :meth:`_guarded`)."""
+        indexes the rows waiting for it (:meth:`fts_sync`, without waiting for it)."""
         self._fts_timer = None
         if self._state != "open" or self._db is None:
             return

@@ -37,7 +37,7 @@ from wokkel.subprotocols import XMPPHandler
 from zope.interface import implementer
 
 from sat.core import errors
-from sat.core.messages import new_uid, parse_jid
+from sat.core.messages import full_jid, new_uid, parse_jid
 from sat.core.plugin import Plugin
 
 log = logging.getLogger(__name__)
@@ -825,9 +825,9 @@ class EditingPlugin(Plugin):
         if groupchat:
             to = peer
         elif row["outgoing"] or row["source"] == own:
-            to = peer + (f"/{row['dest_resource']}" if row.get("dest_resource") else "")
+            to = full_jid(peer, row.get("dest_resource"))
         else:
-            to = peer + (f"/{row['source_resource']}" if row.get("source_resource") else "")
+            to = full_jid(peer, row.get("source_resource"))
             if not (row.get("extra") or {}).get("muc_pm"):
                 to = peer  # a contact: any of its clients may answer
         elt = domish.Element((None, "message"))

@@ -36,7 +36,7 @@ from wokkel.subprotocols import XMPPHandler
 from zope.interface import implementer
 
 from sat.core import errors
-from sat.core.messages import new_uid, parse_jid
+from sat.core.messages import full_jid, new_uid, parse_jid
 from sat.core.plugin import Plugin
 from sat.memory.params import UNKNOWN, ParamDef
 from sat.plugins.xep_0184_receipts import _within, peer_supports
@@ -288,7 +288,7 @@ class ChatStatesPlugin(Plugin):
             return
         if msg_type == "groupchat" and state == "gone":
             return
-        sender = data["source"] + (f"/{data['source_resource']}" if data["source_resource"] else "")
+        sender = full_jid(data["source"], data["source_resource"])
         received = self._received.setdefault(client.profile, {})
         if received.get(sender) == state:
             return

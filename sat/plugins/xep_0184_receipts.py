@@ -46,7 +46,7 @@ from wokkel.subprotocols import XMPPHandler
 from zope.interface import implementer
 
 from sat.core import errors
-from sat.core.messages import new_uid, parse_jid
+from sat.core.messages import full_jid, new_uid, parse_jid
 from sat.core.plugin import Plugin
 from sat.memory.params import UNKNOWN, ParamDef
 
@@ -353,15 +353,15 @@ class ReceiptsPlugin(Plugin):
             return
         allowed = privacy_allows_now(self.host, client, "receipts", sender)
         if allowed is None:
-            return self._answer_when_known(client, elt, data, sender, msg_id)
-        self._send_receipt(client, elt, data, sender, msg_id, allowed)
+            return self._answer_when_known(client, data, sender, msg_id)
+        self._decide_receipt(client, data, sender, msg_id, allowed)
         return None
 
-    async def _answer_when_known(self, client, elt, data, sender: str, msg_id: str) -> None:
+    async def _answer_when_known(self, client, data, sender: str, msg_id: str) -> None:
         allowed = await privacy_allows(self.host, client, "receipts", sender)
-        self._send_receipt(client, elt, data, sender, msg_id, allowed)
+        self._decide_receipt(client, data, sender, msg_id, allowed)
 
-    def _send_receipt(self, client, elt, data, sender: str, msg_id: str, allowed: bool) -> None:
+    def _decide_receipt(self, client, data, sender: str, msg_id: str, allowed: bool) -> None:
         """Decide to acknowledge; the receipt itself goes once the message is stored
         (:meth:`_on_stored`): "received" then means kept, and a message that a later hook
         drops, or that cannot be stored (disk full), is not acknowledged."""
@@ -381,8 +381,7 @@ class ReceiptsPlugin(Plugin):
         if not extra.get("receipt_sent"):
             return
         ack = domish.Element((None, "message"))
-        resource = data["source_resource"]
-        ack["to"] = f"{data['source']}/{resource}" if resource else data["source"]
+        ack["to"] = full_jid(data["source"], data["source_resource"])
         ack["id"] = new_uid()
         ack["type"] = data["type"]  # chat, normal or headline: never a room's
         ack.addElement((NS_RECEIPTS, "received"))["id"] = extra["message_id"]

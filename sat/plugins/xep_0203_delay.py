@@ -32,7 +32,7 @@ import re
 from twisted.words.protocols.jabber import jid as jabber_jid
 from twisted.words.xish import domish
 
-from sat.core.messages import parse_jid
+from sat.core.messages import full_jid, parse_jid
 from sat.core.plugin import Plugin
 
 log = logging.getLogger(__name__)
@@ -110,7 +110,7 @@ class DelayPlugin(Plugin):
         if full in (own.host, own.userhost()):
             return 1
         sender = data["source"]
-        sender_full = sender + (f"/{data['source_resource']}" if data["source_resource"] else "")
+        sender_full = full_jid(sender, data["source_resource"])
         sender_host = sender.rpartition("@")[2]
         if full in (sender, sender_full, sender_host):
             return 2

@@ -43,6 +43,7 @@ import logging
 from twisted.words.protocols.jabber import jid as jabber_jid
 from twisted.words.xish import domish
 
+from sat.core.messages import full_jid
 from sat.plugins._editing import (
     EARLY_PRIORITY,
     NS_FALLBACK,
@@ -161,11 +162,9 @@ class RepliesPlugin(EditingPlugin):
         if author.muc:
             to = author.jid
         elif author.outgoing or author.bare == client.jid.userhost():
-            to = client.jid.userhost() + (
-                f"/{row['source_resource']}" if row.get("source_resource") else ""
-            )
+            to = full_jid(client.jid.userhost(), row.get("source_resource"))
         else:
-            to = author.bare + (f"/{row['source_resource']}" if row.get("source_resource") else "")
+            to = full_jid(author.bare, row.get("source_resource"))
         reply = elt.addElement((NS_REPLY, "reply"))
         reply["to"] = to
         reply["id"] = ref
